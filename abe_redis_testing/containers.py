@@ -1,0 +1,124 @@
+"""Redis in a Docker container through testcontainers, with a quick "is Docker there?" check.
+
+The check talks to the Docker Engine API (``/_ping``) with a short timeout, so a machine without
+Docker costs a fraction of a second, never testcontainers' two-minute retry loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from abe_redis_testing.servers import RedisEndpoint
+
+__all__ = [
+    "DEFAULT_IMAGE",
+    "DockerCheck",
+    "RedisContainerHandle",
+    "docker_available",
+    "start_redis_container",
+]
+
+DEFAULT_IMAGE = "redis:7.4.1-alpine"
+DEFAULT_DOCKER_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class DockerCheck:
+    """Truthy when Docker answered; ``reason`` says why not (or where it answered)."""
+
+    available: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.available
+
+
+def _docker_host() -> str | None:
+    # Resolve the engine address exactly as testcontainers will, so the check and the real start
+    # agree (DOCKER_HOST, ~/.testcontainers.properties, docker context).
+    try:
+        from testcontainers.core.docker_client import get_docker_host
+    except ImportError:
+        return os.environ.get("DOCKER_HOST") or None
+    host = get_docker_host()
+    return str(host) if host else None
+
+
+def docker_available(timeout: float = DEFAULT_DOCKER_TIMEOUT) -> DockerCheck:
+    """Ping the Docker Engine API within ``timeout`` seconds."""
+    try:
+        import docker
+    except ImportError as exc:
+        return DockerCheck(False, f"the docker SDK is not installed ({exc})")
+    try:
+        import testcontainers  # noqa: F401
+    except ImportError as exc:
+        return DockerCheck(False, f"testcontainers is not installed ({exc})")
+    host = _docker_host()
+    where = host or "the default Docker socket"
+    client: Any = None
+    try:
+        if host:
+            client = docker.DockerClient(base_url=host, timeout=timeout, version="auto")
+        else:
+            client = docker.from_env(timeout=timeout)
+        if not client.ping():
+            return DockerCheck(False, f"Docker at {where} did not answer /_ping with OK")
+    except Exception as exc:
+        return DockerCheck(False, f"Docker is not reachable at {where}: {type(exc).__name__}: {exc}")
+    finally:
+        if client is not None:
+            client.close()
+    return DockerCheck(True, f"Docker answered at {where}")
+
+
+def _redis_container_class() -> Any:
+    try:
+        from testcontainers.community.redis import RedisContainer
+    except ImportError:
+        # testcontainers < 4.9 shipped the module at its old place.
+        from testcontainers.redis import RedisContainer
+    return RedisContainer
+
+
+class RedisContainerHandle:
+    """A started Redis container; :meth:`stop` removes it (force, with volumes)."""
+
+    def __init__(self, container: Any, image: str) -> None:
+        self.container = container
+        self.image = image
+        self.host: str = str(container.get_container_host_ip())
+        self.port: int = int(container.get_exposed_port(container.port))
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def endpoint(self) -> RedisEndpoint:
+        return RedisEndpoint(
+            kind="container",
+            host=self.host,
+            port=self.port,
+            url=self.url,
+            container=self,
+            details={"image": self.image},
+        )
+
+    def stop(self) -> None:
+        self.container.stop()
+
+    def __repr__(self) -> str:
+        return f"<RedisContainerHandle {self.image} {self.host}:{self.port}>"
+
+
+def start_redis_container(image: str = DEFAULT_IMAGE) -> RedisContainerHandle:
+    """Start ``image`` and wait until it answers PING (testcontainers' own wait strategy)."""
+    container = _redis_container_class()(image=image)
+    container.start()
+    try:
+        return RedisContainerHandle(container, image)
+    except BaseException:
+        container.stop()
+        raise
