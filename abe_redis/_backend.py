@@ -1,0 +1,174 @@
+"""``RedisStreamsBackend``: abe's message-queue protocol over Redis Streams."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from redis.asyncio import Redis
+
+from ._codec import PAYLOAD_FIELD, check_key, encode_payload
+from ._config import RedisConfig
+from ._connection import build_client
+from ._delivery import BroadcastReader, GroupReader
+from ._errors import ConfigurationError
+from ._message import ReceivedMessage
+from ._streams import StreamDiscovery
+
+log = logging.getLogger("abe_redis")
+
+_instance_ids = itertools.count(1)
+
+
+class RedisStreamsBackend:
+    """A message-queue backend for abstract-backend on Redis Streams.
+
+    * ``publish(key, payload)`` appends the payload as JSON to the stream named ``key``.
+    * ``consume(group=None)`` yields payloads with **at-least-once** delivery: a message is
+      acknowledged when the caller asks for the next one (or calls :meth:`ack`), so a consumer
+      that dies mid-handler leaves it pending for another consumer to claim.
+    * ``from_env()`` reads ``REDIS_*`` variables; ``from_url()`` takes a URL.
+
+    Use ``async with`` or :meth:`aclose` to release the connection pool.
+    """
+
+    def __init__(
+        self, config: RedisConfig | None = None, *, client: Redis | None = None, **overrides: Any
+    ) -> None:
+        base = config if config is not None else RedisConfig()
+        self._config = base.with_overrides(**overrides) if overrides else base
+        self._client = client if client is not None else build_client(self._config)
+        self._owns_client = client is None
+        self._discovery = StreamDiscovery(self._client, self._config)
+        self._instance = next(_instance_ids)
+        self._consumer_names: set[str] = set()
+        self._readers: dict[int, GroupReader] = {}
+        self._closed = False
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Build from ``REDIS_URL`` and the other ``REDIS_*`` variables (see the configuration
+        reference). Raises :class:`~abe_redis.ConfigurationError` naming a bad variable."""
+        return cls(RedisConfig.from_env(environ, **overrides))
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: Any) -> Self:
+        return cls(RedisConfig.from_url(url, **overrides))
+
+    @property
+    def config(self) -> RedisConfig:
+        return self._config
+
+    @property
+    def client(self) -> Redis:
+        """The underlying redis-py client (shared pool); for inspection and tooling."""
+        return self._client
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    async def publish(self, key: str, payload: dict[str, Any]) -> None:
+        """Append ``payload`` to stream ``key``.
+
+        Raises :class:`~abe_redis.InvalidKeyError` or :class:`~abe_redis.InvalidPayloadError`
+        (both ``TypeError`` and ``ValueError``) before anything is written.
+        """
+        config = self._config
+        stream = check_key(key, reserved_suffix=config.dead_letter_suffix, registry_key=config.registry_key)
+        data = encode_payload(payload)
+        # Not a transaction: in a cluster the registry and the stream live on different nodes.
+        # XADD goes first, so a registry failure never hides a written message from the caller.
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream, {PAYLOAD_FIELD: data}, maxlen=config.stream_maxlen, approximate=True)
+            pipe.sadd(config.registry_key, stream)
+            await pipe.execute()
+
+    def consume(self, *, group: str | None = None) -> AsyncIterator[ReceivedMessage]:
+        """Yield messages from every discovered stream, forever.
+
+        ``group=None`` joins the configured default group (``REDIS_CONSUMER_GROUP``), so, as
+        with abe's MemoryBackend, messages published before the consumer started are delivered
+        and each goes to one consumer. In broadcast mode (``REDIS_CONSUME_MODE=broadcast``)
+        every consumer gets every message published after it started, and ``group`` is ignored.
+
+        Leaving the loop (break, cancel, close) leaves the message last yielded *unacknowledged*:
+        the generator cannot tell a finished handler from one that was cancelled, so that message
+        is redelivered after ``claim_idle_ms``. Call :meth:`ack` first to prevent that.
+        """
+        self._check_open()
+        if self._config.mode == "broadcast":
+            return BroadcastReader(self._client, self._config, discovery=self._discovery).messages()
+        if group is not None and (not isinstance(group, str) or not group.strip()):
+            raise ConfigurationError("group", group, "must be a non-empty string or None")
+        name, automatic = self._new_consumer_name()
+        reader = GroupReader(
+            self._client,
+            self._config,
+            group=group if group is not None else self._config.consumer_group,
+            consumer=name,
+            discovery=self._discovery,
+            forget_consumer=automatic,
+            on_close=lambda: self._consumer_names.discard(name),
+        )
+        return reader.messages()
+
+    async def ack(self, message: ReceivedMessage) -> None:
+        """Acknowledge ``message`` now, instead of when the next one is requested."""
+        if not isinstance(message, ReceivedMessage):
+            raise TypeError(f"ack() takes a message yielded by consume(), got {type(message).__name__}")
+        if message.acked or message.group is None:
+            return
+        await self._client.xack(message.stream, message.group, message.message_id)
+        message.acked = True
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection pool (if the backend created it). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()
+            await self._client.connection_pool.disconnect()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisStreamsBackend(url={self._config.redacted_url!r}, mode={self._config.mode!r})"
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this RedisStreamsBackend is closed")
+
+    def _new_consumer_name(self) -> tuple[str, bool]:
+        """A consumer name unique among this backend's live consumers.
+
+        A configured name is kept as is for the first consumer (so a restarted process resumes
+        its own pending entries at once); automatic names are unique per process and generator.
+        """
+        configured = self._config.consumer_name
+        if configured and configured not in self._consumer_names:
+            name, automatic = configured, False
+        elif configured:
+            name, automatic = f"{configured}-{len(self._consumer_names) + 1}", False
+        else:
+            name = f"{socket.gethostname()}-{os.getpid()}-{self._instance}-{uuid.uuid4().hex[:8]}"
+            automatic = True
+        self._consumer_names.add(name)
+        return name, automatic

@@ -1,0 +1,113 @@
+"""Payload <-> stream fields.
+
+A payload is stored as one field, ``payload``, holding compact UTF-8 JSON. Publishing accepts
+only values that come back *equal and of the same JSON shape* (no tuples turned into lists, no
+int keys turned into strings, no NaN), so what a consumer receives is exactly what was sent.
+Anything in a stream that does not decode to a JSON object is *poison*: the consumer
+dead-letters it with the reason instead of yielding it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import InvalidKeyError, InvalidPayloadError, PoisonMessageError
+
+PAYLOAD_FIELD = "payload"
+_PAYLOAD_FIELD_BYTES = PAYLOAD_FIELD.encode()
+
+
+def check_key(key: object, *, reserved_suffix: str, registry_key: str) -> str:
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"key must be a str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError("key must be a non-empty string")
+    if key == registry_key:
+        raise InvalidKeyError(f"key {key!r} is the stream registry's own key")
+    if key.endswith(reserved_suffix):
+        raise InvalidKeyError(f"key {key!r} ends with {reserved_suffix!r}, which names dead-letter streams")
+    return key
+
+
+def encode_payload(payload: object) -> bytes:
+    """JSON bytes for ``payload``, or :class:`InvalidPayloadError` naming the first bad value."""
+    if not isinstance(payload, dict):
+        raise InvalidPayloadError("payload", f"expected a dict, got {type(payload).__name__}")
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _explain(payload, fallback=str(exc)) from None
+    # json.dumps silently turns tuples into lists and int/None/bool keys into strings; the
+    # comparison catches those lossy conversions (it is C code, cheaper than a Python walk).
+    if json.loads(text) != payload:
+        raise _explain(payload, fallback="does not survive a JSON round trip unchanged")
+    return text.encode("utf-8")
+
+
+def decode_fields(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """The payload in a stream entry's fields, or :class:`PoisonMessageError` saying why not."""
+    if not fields:
+        raise PoisonMessageError("entry has no fields (deleted or trimmed)")
+    raw = fields.get(_PAYLOAD_FIELD_BYTES)
+    if raw is None:
+        raw = fields.get(PAYLOAD_FIELD)
+    if raw is None:
+        names = ", ".join(sorted(_text(k) for k in fields))
+        raise PoisonMessageError(f"entry has no {PAYLOAD_FIELD!r} field (fields: {names})")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PoisonMessageError(f"{PAYLOAD_FIELD!r} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise PoisonMessageError(f"{PAYLOAD_FIELD!r} is JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _explain(payload: dict[str, Any], *, fallback: str) -> InvalidPayloadError:
+    found = _first_problem(payload, "payload", set())
+    if found is None:
+        return InvalidPayloadError("payload", fallback)
+    return InvalidPayloadError(*found)
+
+
+def _first_problem(value: object, path: str, seen: set[int]) -> tuple[str, str] | None:
+    if value is None or isinstance(value, bool | str):
+        return None
+    if isinstance(value, int):
+        try:
+            str(value)
+        except ValueError:
+            return path, "integer has too many digits for JSON (sys.set_int_max_str_digits)"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"{value!r} is not valid JSON")
+    if isinstance(value, dict | list):
+        if id(value) in seen:
+            return path, "circular reference"
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    return f"{path}[{k!r}]", f"key is {type(k).__name__}; JSON object keys must be str"
+                found = _first_problem(v, f"{path}[{k!r}]", seen)
+                if found:
+                    return found
+        else:
+            for i, v in enumerate(value):
+                found = _first_problem(v, f"{path}[{i}]", seen)
+                if found:
+                    return found
+        seen.discard(id(value))
+        return None
+    if isinstance(value, tuple):
+        return path, "is a tuple; it would come back as a list — pass a list"
+    return path, f"{type(value).__name__} is not JSON-serialisable"

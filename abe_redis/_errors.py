@@ -1,0 +1,41 @@
+"""The exceptions abe-redis raises, so callers can catch by meaning rather than by message."""
+
+from __future__ import annotations
+
+
+class AbeRedisError(Exception):
+    """Base class of every error raised by abe-redis itself."""
+
+
+class ConfigurationError(AbeRedisError, ValueError):
+    """A configuration value is missing, malformed or out of range.
+
+    ``setting`` names the environment variable or field; ``value`` is the offending value with any
+    password already redacted.
+    """
+
+    def __init__(self, setting: str, value: object, problem: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{setting}={value!r}: {problem}")
+
+
+class InvalidKeyError(AbeRedisError, TypeError, ValueError):
+    """``publish`` got a key that is not a non-empty string (or is reserved)."""
+
+
+class InvalidPayloadError(AbeRedisError, TypeError, ValueError):
+    """``publish`` got a payload that would not round-trip exactly through JSON.
+
+    ``path`` locates the offending value, e.g. ``payload['items'][2]``.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class PoisonMessageError(AbeRedisError, ValueError):
+    """A stream entry that cannot be decoded into a payload (it is dead-lettered, never yielded)."""
