@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -90,7 +90,7 @@ class RedisStreamsBackend:
             pipe.sadd(config.registry_key, stream)
             await pipe.execute()
 
-    def consume(self, *, group: str | None = None) -> AsyncIterator[ReceivedMessage]:
+    def consume(self, *, group: str | None = None) -> AsyncGenerator[ReceivedMessage]:
         """Yield messages from every discovered stream, forever.
 
         ``group=None`` joins the configured default group (``REDIS_CONSUMER_GROUP``), so, as

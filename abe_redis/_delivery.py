@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -132,7 +132,7 @@ class GroupReader:
         self._failures = 0
         self._throttle = _Throttle()
 
-    async def messages(self) -> AsyncIterator[ReceivedMessage]:
+    async def messages(self) -> AsyncGenerator[ReceivedMessage]:
         in_flight: ReceivedMessage | None = None
         try:
             while True:
@@ -388,7 +388,7 @@ class BroadcastReader:
         self._discovery = discovery
         self._throttle = _Throttle()
 
-    async def messages(self) -> AsyncIterator[ReceivedMessage]:
+    async def messages(self) -> AsyncGenerator[ReceivedMessage]:
         seconds, micros = await self._client.time()
         # Everything from the start millisecond on; the server's clock, not ours.
         start = f"{int(seconds) * 1000 + int(micros) // 1000 - 1}-18446744073709551615"
