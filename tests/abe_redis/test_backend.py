@@ -88,6 +88,7 @@ async def test_competing_consumers_get_each_message_exactly_once(
     await asyncio.gather(*(publisher.publish(f"work:{i % 3}", {"i": i}) for i in range(total)))
     seen: Counter[int] = Counter()
     done = asyncio.Event()
+    sentinel_seen = asyncio.Event()
 
     async def worker() -> None:
         stream = queue_backend_factory().consume(group="workers")
@@ -96,6 +97,8 @@ async def test_competing_consumers_get_each_message_exactly_once(
                 seen[message["i"]] += 1
                 if sum(seen.values()) >= total:
                     done.set()
+                if message["i"] == -1:
+                    sentinel_seen.set()
         finally:
             await stream.aclose()
 
@@ -104,18 +107,13 @@ async def test_competing_consumers_get_each_message_exactly_once(
         await asyncio.wait_for(done.wait(), 15)
         # Prove "no duplicates" positively: a sentinel after everything arrives exactly once too.
         await publisher.publish("work:0", {"i": -1})
-        await asyncio.wait_for(_until(lambda: seen[-1] == 1), 10)
+        await asyncio.wait_for(sentinel_seen.wait(), 10)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert set(seen) == set(range(total)) | {-1}
     assert max(seen.values()) == 1
-
-
-async def _until(condition: Any) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
 
 
 async def test_separate_groups_each_get_everything(queue_backend_factory: BackendFactory) -> None:
