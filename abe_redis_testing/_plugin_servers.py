@@ -230,11 +230,11 @@ def _try_external(config: pytest.Config, url: str | None) -> tuple[RedisEndpoint
     except ValueError as exc:
         return None, f"external: {exc}"
     # Workers of one xdist run share an external server; separate dbs keep their FLUSHDBs apart.
-    db = endpoint.db + xdist_worker_index()
-    problem = ping_url(url, db=db)
+    endpoint = RedisEndpoint.from_url(url, db=endpoint.db + xdist_worker_index())
+    problem = ping_url(endpoint.url)
     if problem:
         return None, f"external: {problem}"
-    return RedisEndpoint.from_url(url, db=db), ""
+    return endpoint, ""
 
 
 def _try_container(config: pytest.Config) -> tuple[Any, str]:
@@ -344,7 +344,7 @@ def _handle_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
         settings["kind"] = param
     unknown = set(settings) - {"kind", "appendonly", "extra_args", "startup_timeout"}
     if unknown:
-        raise pytest.UsageError(f"{MARKER}: unknown setting(s) {sorted(unknown)}")
+        raise TypeError(f"{MARKER}: unknown setting(s) {sorted(unknown)}")
     return settings
 
 
@@ -376,14 +376,14 @@ def redis_server_handle(
 
 def _client_for(config: pytest.Config, endpoint: RedisEndpoint) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(
-        endpoint.url, db=endpoint.db, decode_responses=bool(get_option(config, "decode_responses"))
+        endpoint.url, decode_responses=bool(get_option(config, "decode_responses"))
     )
 
 
 async def flush_endpoint(endpoint: RedisEndpoint) -> None:
     """FLUSHALL a server the plugin owns; only FLUSHDB the test's own db on an external one."""
     # A fresh connection: the test may have closed its client or left it mid-pipeline.
-    cleaner = redis.asyncio.Redis.from_url(endpoint.url, db=endpoint.db)
+    cleaner = redis.asyncio.Redis.from_url(endpoint.url)
     try:
         if endpoint.owned:
             await cleaner.flushall()

