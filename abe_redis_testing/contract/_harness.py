@@ -53,6 +53,15 @@ class RunSpec:
     close_backend: Callable[[Any], Awaitable[None]] = default_close_backend
 
 
+def _delivery_units(collectors: Sequence[Collector]) -> dict[str, list[Collector]]:
+    """Consumers that must together see every message: one unit per group, one per ungrouped consumer."""
+    units: dict[str, list[Collector]] = {}
+    for collector in collectors:
+        name = f"group {collector.group!r}" if collector.group is not None else f"consumer {collector.name}"
+        units.setdefault(name, []).append(collector)
+    return units
+
+
 def _preview(values: Iterable[Any], limit: int = 8) -> str:
     items = list(values)
     shown = ", ".join(repr(item) for item in items[:limit])
@@ -223,9 +232,9 @@ class ContractRun:
         collector.start()
         return collector
 
-    def recorder(self, name: str) -> Collector:
+    def recorder(self, name: str, group: str | None) -> Collector:
         """A collector fed by someone else's loop (e.g. a handler): call ``record`` with each message."""
-        collector = Collector(run=self, name=name, group=None, stream=None)
+        collector = Collector(run=self, name=name, group=group, stream=None)
         self._collectors.append(collector)
         return collector
 
@@ -285,43 +294,64 @@ class ContractRun:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def _wait_change(self, within: float) -> None:
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), within)
+    async def _settle(self, predicate: Callable[[], bool], within: float) -> bool:
+        """Whether ``predicate`` became true within ``within`` seconds (no failure either way)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            self._changed.clear()
+            self.check_clean()
+            if predicate():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def handshake(self, publisher: Any, collectors: Sequence[Collector]) -> None:
-        """Publish probes until every consumer has received one, so that data published afterwards
-        is not lost to a consumer that had not finished subscribing (that case has its own test)."""
-        await self._until_each_sees(publisher, collectors, "probe", [self.key("control")], "probes")
+        """Publish probes until every group (every consumer, for ungrouped ones) has received one,
+        so that data published afterwards cannot be lost to a subscription still being set up;
+        losing messages published before the first consume has a test of its own."""
+        key = self.key("control")
+        sent: set[int] = set()
+        units = _delivery_units(collectors)
 
-    async def barrier(self, publisher: Any, collectors: Sequence[Collector], keys: Sequence[str]) -> None:
-        """Publish markers after the data until every consumer has received one: whatever the data
-        would have produced (duplicates, stray deliveries) had its turn to show up before them."""
-        await self._until_each_sees(publisher, collectors, "barrier", keys, "barrier markers")
+        def waiting() -> list[str]:
+            return [name for name, members in units.items() if not any(c.probes & sent for c in members)]
 
-    async def _until_each_sees(
-        self, publisher: Any, collectors: Sequence[Collector], kind: Kind, keys: Sequence[str], what: str
-    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        sent: set[int] = set()
-
-        def seen(collector: Collector) -> set[int]:
-            return collector.probes if kind == "probe" else collector.barriers
-
-        for attempt in itertools.count():
-            self.check_clean()
-            waiting = [c.name for c in collectors if not seen(c) & sent]
-            if not waiting:
+        while True:
+            sent.add(await self._publish_marker(publisher, "probe", key))
+            # A probe published before a subscription existed may be legitimately lost, hence the
+            # retries; a short pause between them keeps the broker from being flooded.
+            if await self._settle(lambda: not waiting(), min(0.1, max(deadline - loop.time(), 0.0))):
                 return
             if loop.time() >= deadline:
                 pytest.fail(
-                    f"timed out after {self.timeout:g}s: consumers {waiting} "
-                    f"never received any of {len(sent)} {what}"
+                    f"timed out after {self.timeout:g}s: {waiting()} never received any of {len(sent)} probes"
                 )
-            sent.add(await self._publish_marker(publisher, kind, keys[attempt % len(keys)]))
-            await self._wait_change(min(0.1, max(deadline - loop.time(), 0.0)))
+
+    async def barrier(self, publisher: Any, collectors: Sequence[Collector], keys: Sequence[str]) -> None:
+        """Publish markers after the data and wait until every group has received all of them, so
+        whatever the data would have produced (duplicates, stray deliveries) had its turn first.
+        One marker per member of the largest group gives each member a chance to take one."""
+        units = _delivery_units(collectors)
+        count = max(len(members) for members in units.values())
+        sent = {await self._publish_marker(publisher, "barrier", keys[n % len(keys)]) for n in range(count)}
+
+        def missing() -> dict[str, int]:
+            result = {}
+            for name, members in units.items():
+                got: set[int] = set()
+                for collector in members:
+                    got |= collector.barriers & sent
+                if len(got) < len(sent):
+                    result[name] = len(sent) - len(got)
+            return result
+
+        await self.wait_for(lambda: not missing(), lambda: f"barrier markers, still missing {missing()}")
 
     # -- checks ------------------------------------------------------------------------------------
 

@@ -116,6 +116,8 @@ class QueueBackendContract:
             await run.handshake(backend, [consumer])
             seq = await run.publish(backend, run.key(), {"text": "hello"})
             await run.wait_for_seqs([consumer], [seq])
+            await run.barrier(backend, [consumer], [run.key()])
+            run.check_no_duplicates([consumer])
             run.check_payloads([consumer])
 
     @pytest.mark.asyncio
@@ -426,7 +428,8 @@ class QueueBackendContract:
     async def test_async_loop_consumer_end_to_end(self, contract_spec: RunSpec) -> None:
         async with ContractRun(contract_spec) as run:
             publisher = await run.backend()
-            recorder = run.recorder("loop-consumer")
+            group = run.group()
+            recorder = run.recorder("loop-consumer", group)
             failing: set[int] = set()
 
             async def handler(message: dict[str, Any]) -> None:
@@ -434,7 +437,7 @@ class QueueBackendContract:
                 if tag is not None and tag.seq in failing:
                     raise RuntimeError("handler failure the consumer loop must survive")
 
-            loop_consumer = AsyncLoopConsumer(await run.other_instance(publisher), group=run.group())
+            loop_consumer = AsyncLoopConsumer(await run.other_instance(publisher), group=group)
             runner = asyncio.create_task(loop_consumer.run(handler))
             try:
                 await run.handshake(publisher, [recorder])
