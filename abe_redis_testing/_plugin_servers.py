@@ -317,13 +317,20 @@ def valkey_server(pytestconfig: pytest.Config, redis_server_factory: RedisServer
 def redis_container(pytestconfig: pytest.Config) -> Iterator[RedisEndpoint]:
     """Redis in a Docker container via testcontainers (image ``--abe-redis-image``), per session.
 
-    Skips with the reason when Docker does not answer ``/_ping`` quickly (fails under strict).
+    Skips with the reason when Docker does not answer ``/_ping`` quickly or the image will not
+    start (fails under strict).
     ``.container`` is the ``RedisContainerHandle``.
     """
     check = docker_available(float(get_option(pytestconfig, "docker_timeout")))
     if not check:
         unavailable(pytestconfig, f"redis_container: {check.reason}")
-    handle = start_redis_container(str(get_option(pytestconfig, "image")))
+    image = str(get_option(pytestconfig, "image"))
+    try:
+        handle = start_redis_container(image)
+    except Exception as exc:
+        # An engine that answers but cannot pull or run the image (offline, no such tag) is an
+        # environment problem, reported like a missing engine.
+        unavailable(pytestconfig, f"redis_container: {image} did not start: {type(exc).__name__}: {exc}")
     try:
         yield handle.endpoint()
     finally:

@@ -93,6 +93,8 @@ class DockerDouble:
     unhandled: list[tuple[str, str]] = field(default_factory=list)
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     pulled: set[str] = field(default_factory=set)
+    #: Images whose pull answers 404, like a registry without that tag.
+    missing_images: set[str] = field(default_factory=set)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _httpd: _EngineServer | None = None
     _thread: threading.Thread | None = None
@@ -281,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
             image = query.get("fromImage", [""])[0]
             tag = query.get("tag", ["latest"])[0]
             ref = image if (":" in image.rsplit("/", 1)[-1] or not tag) else f"{image}:{tag}"
+            if ref in double.missing_images:
+                self._error(404, f"manifest for {ref} not found: manifest unknown")
+                return True
             double.pulled.add(ref)
             lines = [
                 {"status": f"Pulling from {image}", "id": tag},

@@ -119,8 +119,7 @@ def test_bad_server_choice_is_a_usage_error(inner: pytest.Pytester) -> None:
 
 
 def test_package_plugin_loads_the_server_fixtures(inner: pytest.Pytester) -> None:
-    if PLUGIN not in abe_redis_testing.pytest_plugins:
-        pytest.skip(f"{PLUGIN} is not yet listed in abe_redis_testing.pytest_plugins")
+    assert PLUGIN in abe_redis_testing.pytest_plugins
     inner.makepyfile(KIND_PROBE)
     inner.runpytest("-p", "abe_redis_testing").assert_outcomes(passed=1)
     assert _report(inner)["kind"] == "redis-server"
@@ -447,3 +446,20 @@ def test_redis_container_and_container_choice_through_the_docker_double(
         assert double.unhandled == []
         assert double.containers == {}, "both containers removed at session end"
         assert double.paths().count("/containers/create") == 2
+
+
+def test_redis_container_skips_when_the_image_will_not_start(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inner.makepyfile(
+        """
+        def test_needs_container(redis_container):
+            raise AssertionError("must not run")
+        """
+    )
+    with DockerDouble(missing_images={"redis:0.0-missing"}) as double:
+        monkeypatch.setenv("DOCKER_HOST", double.docker_host)
+        monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+        result = inner.runpytest_subprocess("-p", PLUGIN, "-rs", "--abe-redis-image=redis:0.0-missing")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*redis_container: redis:0.0-missing did not start:*manifest unknown*"])
