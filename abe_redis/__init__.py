@@ -16,12 +16,15 @@ from ._errors import (
     PoisonMessageError,
 )
 from ._message import ReceivedMessage
+from .deadletters import DeadLetter, DeadLetters
 
 __version__ = "0.2.0"
 
 __all__ = [
     "AbeRedisError",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetters",
     "InvalidKeyError",
     "InvalidPayloadError",
     "PoisonMessageError",

@@ -8,13 +8,26 @@ import os
 import sys
 from collections.abc import Sequence
 
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
+from ._backend import RedisStreamsBackend
+from ._redact import redact_url
 from ._verify import VerifyReport, run_verify
+from .deadletters import DeadLetters
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except (RedisError, OSError) as exc:
+        # One clean line instead of a traceback; the URL's password never appears.
+        Console(stderr=True).print(f"[red]abe-redis: {type(exc).__name__}: {redact_url(str(exc))}[/red]")
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="abe-redis", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser(
@@ -27,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--keys", type=int, default=4, help="distinct keys/streams (default 4)")
     verify.add_argument("--consumers", type=int, default=2, help="competing consumers (default 2)")
     verify.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+    dlq = commands.add_parser("dlq", help="list, replay or purge dead letters of a key")
+    dlq.add_argument("action", choices=["keys", "list", "replay", "purge"])
+    dlq.add_argument("key", nargs="?", help="the source key (stream); not needed for 'keys'")
+    dlq.add_argument("--url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)")
+    dlq.add_argument("--count", type=int, default=20, help="entries to list (default 20)")
+    dlq.add_argument("--id", action="append", dest="ids", help="replay only this dead-letter ID (repeatable)")
     args = parser.parse_args(argv)
 
     console = Console()
@@ -45,7 +64,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print_report(console, report)
         return 0 if report.ok else 1
+    if args.command == "dlq":
+        if not args.url:
+            parser.error("dlq needs --url or REDIS_URL")
+        if args.action != "keys" and not args.key:
+            parser.error(f"dlq {args.action} needs a KEY")
+        return asyncio.run(_dead_letters(console, args.url, args.action, args.key, args.count, args.ids))
     return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+async def _dead_letters(
+    console: Console, url: str, action: str, key: str | None, count: int, ids: list[str] | None
+) -> int:
+    async with RedisStreamsBackend.from_env(overrides_url(url)) as backend:
+        dead = DeadLetters(backend)
+        if action == "keys":
+            for name in await dead.keys():
+                # Plain tab-separated lines: this output is meant for scripts.
+                print(f"{name}\t{await dead.count(name)}")
+        elif action == "list":
+            assert key is not None
+            table = Table(title=f"dead letters of {key}")
+            for column in ("id", "source id", "group", "deliveries", "reason", "fields"):
+                table.add_column(column)
+            for letter in await dead.entries(key, count=count):
+                shown = ", ".join(
+                    f"{k.decode(errors='replace')}={v[:60]!r}" for k, v in letter.fields.items()
+                )
+                table.add_row(
+                    letter.id,
+                    letter.source_id,
+                    letter.group,
+                    str(letter.delivery_count),
+                    letter.reason,
+                    shown,
+                )
+            console.print(table)
+        elif action == "replay":
+            assert key is not None
+            console.print(f"replayed {await dead.replay(key, ids)} dead letter(s) of {key}")
+        else:
+            assert key is not None
+            console.print(f"purged {await dead.purge(key)} dead letter(s) of {key}")
+    return 0
+
+
+def overrides_url(url: str) -> dict[str, str]:
+    """The environment as it is, with REDIS_URL replaced by the --url given."""
+    return {**os.environ, "REDIS_URL": url}
 
 
 def print_report(console: Console, report: VerifyReport) -> None:
