@@ -7,6 +7,7 @@ timer slack); upper bounds are generous because a loaded 2-core CI box can stall
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -14,6 +15,7 @@ import socket
 import statistics
 import threading
 import time
+from typing import Literal
 
 import pytest
 from toxiproxy_helpers import EchoServer, connect, recv_exactly, recv_until_eof, recv_up_to
@@ -214,13 +216,16 @@ def test_no_data_is_lost_while_toxics_come_and_go(proxy: Proxy, client: Toxiprox
     churned = threading.Condition()
     cycles = 0
 
+    def churned_past(index: int) -> bool:
+        return cycles >= index
+
     def pump_in() -> None:
         # Pace the transfer by the churn, so toxics really are added and removed mid-stream.
         try:
             view = memoryview(payload)
             for index in range(blocks):
                 with churned:
-                    if not churned.wait_for(lambda index=index: cycles >= index, timeout=20):
+                    if not churned.wait_for(functools.partial(churned_past, index), timeout=20):
                         raise TimeoutError("toxic churn stalled")
                 sock.sendall(view[index * block : (index + 1) * block])
         except BaseException as exc:
@@ -248,7 +253,7 @@ def test_no_data_is_lost_while_toxics_come_and_go(proxy: Proxy, client: Toxiprox
     ]
     while reader.is_alive() and writer.is_alive() and cycles < 2 * blocks:
         kind, attributes = toxics[cycles % len(toxics)]
-        stream = "upstream" if cycles % 2 else "downstream"
+        stream: Literal["upstream", "downstream"] = "upstream" if cycles % 2 else "downstream"
         name = f"churn_{cycles}"
         client.add_toxic(proxy.name, kind, attributes, name=name, stream=stream)
         client.remove_toxic(proxy.name, name)
