@@ -31,6 +31,7 @@ from ._machine import (
     make_queue_state_machine,
     run_queue_state_machine,
 )
+from ._runner import ContractOutcome, ContractReport, render_report, report_table, run_contract
 from ._suite import QueueBackendContract
 
 __all__ = [
@@ -38,9 +39,14 @@ __all__ = [
     "JSON_VALUES",
     "BackendFactory",
     "Capabilities",
+    "ContractOutcome",
+    "ContractReport",
     "QueueBackendContract",
     "QueueStateMachine",
     "SyncQueueDriver",
     "make_queue_state_machine",
+    "render_report",
+    "report_table",
+    "run_contract",
     "run_queue_state_machine",
 ]

@@ -231,3 +231,9 @@ class IntToFloatContract(_InMemoryContract):
 
 class PermissiveContract(_InMemoryContract):
     backend_class = PermissiveBackend
+
+
+class DeclaredReferenceBackend(ReferenceBackend):
+    """Declares its capabilities the way ``run_contract`` looks for them."""
+
+    __abe_contract_capabilities__ = FULL
