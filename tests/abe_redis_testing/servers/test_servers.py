@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -221,18 +222,23 @@ def test_servers_die_with_a_sigkilled_parent() -> None:
         import time
         from abe_redis_testing.servers import RedisServer, find_redis_server
         server = RedisServer(find_redis_server()).start()
-        print(server.pid, flush=True)
+        print(server.pid, server.data_dir, flush=True)
         time.sleep(60)
         """
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
-    child_pid = int(parent.stdout.readline())
-    assert _pid_alive(child_pid)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait(timeout=10)
-    parent.stdout.close()
-    _wait_gone(child_pid)
+    pid_text, data_dir = parent.stdout.readline().split()
+    child_pid = int(pid_text)
+    try:
+        assert _pid_alive(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        parent.stdout.close()
+        _wait_gone(child_pid)
+    finally:
+        # Nothing in a SIGKILLed parent can remove its temp dir; that part is ours.
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_endpoint_and_errors_never_show_passwords() -> None:
