@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
@@ -24,6 +25,11 @@ from ._streams import StreamDiscovery
 log = logging.getLogger("abe_redis")
 
 _instance_ids = itertools.count(1)
+
+REREGISTER_AFTER_S = 60.0
+"""A publisher re-adds a stream to the registry at least this often, in case the registry key
+alone was deleted."""
+_REGISTERED_CACHE_LIMIT = 10_000
 
 
 class RedisStreamsBackend:
@@ -48,7 +54,7 @@ class RedisStreamsBackend:
         self._discovery = StreamDiscovery(self._client, self._config)
         self._instance = next(_instance_ids)
         self._consumer_names: set[str] = set()
-        self._readers: dict[int, GroupReader] = {}
+        self._registered: dict[str, float] = {}
         self._closed = False
 
     # -- construction --------------------------------------------------------------------
@@ -82,13 +88,26 @@ class RedisStreamsBackend:
         """
         config = self._config
         stream = check_key(key, reserved_suffix=config.dead_letter_suffix, registry_key=config.registry_key)
-        data = encode_payload(payload)
+        fields: dict[Any, Any] = {PAYLOAD_FIELD: encode_payload(payload)}
+        now = time.monotonic()
+        registered = self._registered.get(stream)
+        if registered is not None and now - registered < REREGISTER_AFTER_S:
+            # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
+            # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
+            added = await self._client.xadd(
+                stream, fields, maxlen=config.stream_maxlen, approximate=True, nomkstream=True
+            )
+            if added is not None:
+                return
         # Not a transaction: in a cluster the registry and the stream live on different nodes.
         # XADD goes first, so a registry failure never hides a written message from the caller.
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, {PAYLOAD_FIELD: data}, maxlen=config.stream_maxlen, approximate=True)
+            pipe.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True)
             pipe.sadd(config.registry_key, stream)
             await pipe.execute()
+        if len(self._registered) >= _REGISTERED_CACHE_LIMIT:
+            self._registered.clear()
+        self._registered[stream] = now
 
     def consume(self, *, group: str | None = None) -> AsyncGenerator[ReceivedMessage]:
         """Yield messages from every discovered stream, forever.

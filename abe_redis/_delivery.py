@@ -41,6 +41,9 @@ log = logging.getLogger("abe_redis")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
 _MAX_BACKOFF_S = 2.0
+ACK_FLUSH_S = 0.1
+"""Acknowledgements of handled messages are sent in batches, but never held longer than this:
+a handled message left pending grows idle and would be claimed (and handled) again."""
 _LOG_EVERY_S = 5.0
 
 Entry = tuple[str, str, dict[Any, Any] | None]
@@ -124,7 +127,10 @@ class GroupReader:
         self._streams: list[str] = []
         self._grouped: set[str] = set()
         self._buffer: deque[ReceivedMessage] = deque()
-        self._acks_to_retry: list[ReceivedMessage] = []
+        self._acks_due: list[ReceivedMessage] = []
+        self._acks_due_since = 0.0
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self._replay_cursor: dict[str, str] | None = None
         self._claim_cursor: dict[str, str] = {}
         self._next_discovery = 0.0
@@ -143,34 +149,65 @@ class GroupReader:
                 yield in_flight
                 # The caller asked for the next message: it is done with this one.
                 if not in_flight.acked:
-                    await self.ack(in_flight)
+                    if not self._acks_due:
+                        self._acks_due_since = time.monotonic()
+                    self._acks_due.append(in_flight)
                 in_flight = None
+                if self._acks_due and (
+                    not self._buffer
+                    or len(self._acks_due) >= self._config.batch_size
+                    or time.monotonic() - self._acks_due_since >= ACK_FLUSH_S
+                ):
+                    await self._flush_acks()
+                elif self._acks_due and self._ack_timer is None:
+                    # The next handler may run long; do not let these acks wait for it.
+                    self._ack_timer = asyncio.get_running_loop().call_later(ACK_FLUSH_S, self._flush_later)
         finally:
             await self._close()
 
-    async def ack(self, message: ReceivedMessage) -> None:
-        if message.acked:
-            return
+    def _flush_later(self) -> None:
+        self._ack_timer = None
+        if self._acks_due:
+            task = asyncio.ensure_future(self._flush_acks_quietly())
+            self._ack_tasks.add(task)
+            task.add_done_callback(self._ack_tasks.discard)
+
+    async def _flush_acks_quietly(self) -> None:
         try:
-            await self._client.xack(message.stream, self.group, message.message_id)
-        except TRANSIENT_ERRORS as exc:
-            # Not acknowledged is safe (it will be redelivered); retry before the next read.
-            self._throttle.warn(
-                "ack of %s %s failed, will retry: %s", message.stream, message.message_id, exc
-            )
-            self._acks_to_retry.append(message)
-            return
-        except ResponseError as exc:
-            if not is_missing_group(exc):
-                raise
-            # The group is gone, and its pending list with it: nothing left to acknowledge.
-        message.acked = True
+            await self._flush_acks()
+        except Exception as exc:  # a background task has no caller to raise to
+            self._throttle.warn("background ack failed, will retry: %s", exc)
+
+    async def _flush_acks(self) -> None:
+        """XACK every handled message, one command per stream; on a connection error keep them
+        for the next flush (unacknowledged is safe: at worst they are delivered again)."""
+        due, self._acks_due = self._acks_due, []
+        by_stream: dict[str, list[ReceivedMessage]] = {}
+        for message in due:
+            if not message.acked:
+                by_stream.setdefault(message.stream, []).append(message)
+        for stream, messages in by_stream.items():
+            try:
+                await self._client.xack(stream, self.group, *(m.message_id for m in messages))
+            except TRANSIENT_ERRORS as exc:
+                self._throttle.warn(
+                    "ack of %d messages of %s failed, will retry: %s", len(messages), stream, exc
+                )
+                self._acks_due.extend(messages)
+                continue
+            except ResponseError as exc:
+                if not is_missing_group(exc):
+                    raise
+                # The group is gone, and its pending list with it: nothing left to acknowledge.
+            for message in messages:
+                message.acked = True
 
     # -- filling the buffer ------------------------------------------------------------
 
     async def _fill(self) -> None:
         try:
-            await self._retry_acks()
+            if self._acks_due:
+                await self._flush_acks()
             now = time.monotonic()
             if now >= self._next_discovery:
                 await self._refresh_streams()
@@ -199,7 +236,9 @@ class GroupReader:
             await backoff_sleep(self._failures)
 
     async def _refresh_streams(self) -> None:
-        streams = await self._discovery.discover()
+        # A stream once known stays known: the registry itself may have been flushed while the
+        # stream lives on (or is recreated by the next publish).
+        streams = sorted(set(self._streams).union(await self._discovery.discover()))
         for stream in streams:
             if stream not in self._grouped:
                 await self._create_group(stream, self._config.group_start_id)
@@ -220,6 +259,9 @@ class GroupReader:
         for stream in self._streams:
             # A recreated stream holds only what was written after the loss: deliver all of it.
             await self._create_group(stream, "0")
+        if self._streams:
+            # The registry went with the data; restore it for consumers that start later.
+            await self._client.sadd(self._config.registry_key, *self._streams)
         self._replay_cursor = None
         self._claim_cursor.clear()
         if self._failures > 1:
@@ -335,20 +377,20 @@ class GroupReader:
                 )
             )
 
-    async def _retry_acks(self) -> None:
-        retry, self._acks_to_retry = self._acks_to_retry, []
-        for message in retry:
-            await self.ack(message)
-
     # -- leaving -------------------------------------------------------------------------
 
     async def _close(self) -> None:
         if self._on_close is not None:
             self._on_close()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         try:
             async with asyncio.timeout(2.0):
+                if self._ack_tasks:
+                    await asyncio.gather(*self._ack_tasks, return_exceptions=True)
+                await self._flush_acks()  # the caller moved past these: they are handled
                 await self._release_unyielded()
-                await self._retry_acks()
                 if self._forget_consumer:
                     await self._delete_consumer_if_idle()
         except Exception as exc:  # closing must never raise out of a finally block
