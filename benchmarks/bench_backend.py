@@ -154,7 +154,7 @@ def main() -> None:
         rows = asyncio.run(run(url, args.count, console))
     finally:
         if server is not None:
-            server.stop()
+            server.cleanup()
     table = Table(title=f"abe-redis benchmark — {args.count} messages")
     table.add_column("measure")
     table.add_column("figure", justify="right")
