@@ -32,6 +32,10 @@ async def build_backend(factory: BackendFactory) -> Any:
     return backend
 
 
+def default_key(run_id: str, name: str) -> str:
+    return f"abe-contract.{run_id}.{name}"
+
+
 async def default_close_backend(backend: Any) -> None:
     """Close an instance if it offers ``aclose()``/``close()``; awaited when it is a coroutine."""
     for name in ("aclose", "close"):
@@ -51,6 +55,7 @@ class RunSpec:
     prompt_delivery: float = 2.0
     unwrap: Callable[[Any], Any] = lambda message: message
     close_backend: Callable[[Any], Awaitable[None]] = default_close_backend
+    make_key: Callable[[str, str], str] = default_key
 
 
 def _delivery_units(collectors: Sequence[Collector]) -> dict[str, list[Collector]]:
@@ -197,7 +202,7 @@ class ContractRun:
         return backend
 
     def key(self, name: str = "main") -> str:
-        return f"{self.prefix}.{name}"
+        return self.spec.make_key(self.run_id, name)
 
     def group(self, name: str = "main") -> str | None:
         return f"{self.prefix}.{name}" if self.capabilities.supports_groups else None

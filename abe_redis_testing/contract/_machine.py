@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from ._capabilities import Capabilities
-from ._harness import BackendFactory, build_backend, default_close_backend
+from ._harness import BackendFactory, build_backend, default_close_backend, default_key
 from ._payloads import MARKER, Tag, make_payload, read_tag, strict_difference
 
 T = TypeVar("T")
@@ -95,6 +95,7 @@ class MachineConfig:
     key_count: int = 3
     unwrap: Callable[[Any], Any] = lambda message: message
     close_backend: Callable[[Any], Awaitable[None]] = default_close_backend
+    make_key: Callable[[str, str], str] = default_key
 
 
 class QueueStateMachine(RuleBasedStateMachine):
@@ -109,7 +110,7 @@ class QueueStateMachine(RuleBasedStateMachine):
         self.capabilities = config.capabilities
         self.timeout = config.timeout
         self.run_id = uuid.uuid4().hex[:12]
-        self.keys = [f"abe-contract.{self.run_id}.k{index}" for index in range(config.key_count)]
+        self.keys = [config.make_key(self.run_id, f"k{index}") for index in range(config.key_count)]
         self.group = f"abe-contract.{self.run_id}.machine" if self.capabilities.supports_groups else None
         self.pending: dict[str, deque[dict[str, Any]]] = {key: deque() for key in self.keys}
         self.next_seq = 0
@@ -224,6 +225,7 @@ def make_queue_state_machine(
     timeout: float = 10.0,
     unwrap: Callable[[Any], Any] | None = None,
     close_backend: Callable[[Any], Awaitable[None]] | None = None,
+    make_key: Callable[[str, str], str] | None = None,
 ) -> type[QueueStateMachine]:
     """A :class:`QueueStateMachine` subclass bound to your factory and a driver you close yourself.
 
@@ -236,6 +238,7 @@ def make_queue_state_machine(
         timeout=timeout,
         unwrap=unwrap or (lambda message: message),
         close_backend=close_backend or default_close_backend,
+        make_key=make_key or default_key,
     )
     return type("BoundQueueStateMachine", (QueueStateMachine,), {"config": config})
 
@@ -264,6 +267,7 @@ def run_queue_state_machine(
     shrink: bool = False,
     unwrap: Callable[[Any], Any] | None = None,
     close_backend: Callable[[Any], Awaitable[None]] | None = None,
+    make_key: Callable[[str, str], str] | None = None,
 ) -> None:
     """Run the state machine against ``factory``'s backend; raises on the first contract violation."""
     with SyncQueueDriver(timeout) as driver:
@@ -274,6 +278,7 @@ def run_queue_state_machine(
             timeout=timeout,
             unwrap=unwrap,
             close_backend=close_backend,
+            make_key=make_key,
         )
         run_state_machine_as_test(
             machine,

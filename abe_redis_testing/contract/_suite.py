@@ -41,6 +41,7 @@ class QueueBackendContract:
     * ``close_backend(backend)``: async hook run for every instance the suite built (default: await
       ``aclose()``/``close()`` if present). Broker-wide teardown belongs in your factory fixture
       (make it a yield fixture).
+    * ``contract_key(run_id, name)``: the routing keys used (default ``abe-contract.<run>.<name>``).
     * ``unwrap_message(message)``: turn what ``consume()`` yields back into the published payload,
       for backends that wrap payloads in an envelope.
     * ``state_machine_max_examples`` / ``state_machine_step_count`` / ``state_machine_shrink``:
@@ -77,6 +78,11 @@ class QueueBackendContract:
     def unwrap_message(self, message: Any) -> Any:
         return message
 
+    def contract_key(self, run_id: str, name: str) -> str:
+        """The routing key the suite publishes to; ``run_id`` is unique per test (and per
+        Hypothesis example). Override when your backend only consumes keys of a known shape."""
+        return f"abe-contract.{run_id}.{name}"
+
     # -- plumbing ------------------------------------------------------------------------------------
 
     @pytest.fixture
@@ -93,6 +99,7 @@ class QueueBackendContract:
             prompt_delivery=self.prompt_delivery_seconds,
             unwrap=self.unwrap_message,
             close_backend=self.close_backend,
+            make_key=self.contract_key,
         )
 
     # -- the protocol --------------------------------------------------------------------------------
@@ -473,6 +480,7 @@ class QueueBackendContract:
             shrink=self.state_machine_shrink,
             unwrap=self.unwrap_message,
             close_backend=self.close_backend,
+            make_key=self.contract_key,
         )
 
 

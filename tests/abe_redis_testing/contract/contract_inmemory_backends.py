@@ -237,3 +237,18 @@ class DeclaredReferenceBackend(ReferenceBackend):
     """Declares its capabilities the way ``run_contract`` looks for them."""
 
     __abe_contract_capabilities__ = FULL
+
+
+class TenantKeysBackend(ReferenceBackend):
+    """Only accepts keys under ``tenant:``, like a backend bound to a configured stream prefix."""
+
+    async def publish(self, key: str, payload: dict[str, Any]) -> None:
+        if isinstance(key, str) and key and not key.startswith("tenant:"):
+            raise ValueError(f"key {key!r} is outside this backend's tenant")
+        await super().publish(key, payload)
+
+
+class TenantKeysWithoutOverrideContract(_InMemoryContract):
+    """TenantKeysBackend run with the default keys: proves the override above is what makes it pass."""
+
+    backend_class = TenantKeysBackend

@@ -78,6 +78,10 @@ EXPECTATIONS: dict[str, tuple[set[str], set[str]]] = {
         {"test_json_type_fidelity", "test_state_machine"},
         {"test_implements_protocol", "test_round_trip"} | INVALID_PAYLOAD_TESTS,
     ),
+    "TenantKeysWithoutOverrideContract": (
+        {"test_round_trip", "test_json_type_fidelity", "test_state_machine"},
+        {"test_implements_protocol"},
+    ),
     "PermissiveContract": (
         INVALID_PAYLOAD_TESTS | INVALID_KEY_TESTS,
         {"test_round_trip", "test_json_type_fidelity", "test_many_messages_no_loss_no_duplicates"},
