@@ -258,6 +258,10 @@ class HttpServer:
                 continue
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
+        if headers.get("expect", "").lower() == "100-continue":
+            # curl asks before sending bodies over 1 KB; without this it stalls for a second.
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
         if headers.get("transfer-encoding", "").lower() == "chunked":
             body = await self._read_chunked(reader)
         else:
