@@ -1,0 +1,221 @@
+"""The report a person reads: ``summary.md``, ``report.json`` and ``throughput.svg``.
+
+The plot is hand-made SVG (one panel per scenario: deliveries and publishes per second, the fault
+window shaded) so that the report needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+from rich.table import Table
+
+from ._result import ScenarioResult
+
+SUMMARY = "summary.md"
+REPORT = "report.json"
+PLOT = "throughput.svg"
+
+COLUMNS = ("scenario", "fault", "published", "delivered", "duplicates", "lost", "recovery", "verdict")
+
+_VERDICT_MARK = {"pass": "PASS", "fail": "FAIL", "skip": "skip", "error": "ERROR"}
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def recovery_text(result: ScenarioResult) -> str:
+    """``resume / drain (bound)``: fault end to next delivery, to backlog drained, and the bound."""
+    rec = result.recovery
+    if rec is None:
+        return "—"
+    bound = "" if result.recovery_bound_s is None else f" (≤ {result.recovery_bound_s:g} s)"
+    return f"{_seconds(rec.resume_s)} / {_seconds(rec.drain_s)}{bound}"
+
+
+def row(result: ScenarioResult) -> tuple[str, ...]:
+    t = result.tally
+    if t is None:
+        counts = ("—", "—", "—", "—")
+    else:
+        published = f"{t.published}" + (f" (+{t.failed_publishes} failed)" if t.failed_publishes else "")
+        counts = (published, str(t.delivered), str(t.duplicates), str(t.lost))
+    return (result.name, result.fault, *counts, recovery_text(result), _VERDICT_MARK[result.verdict])
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(results: Sequence[ScenarioResult]) -> str:
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+    ]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in row(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def summary_markdown(results: Sequence[ScenarioResult], meta: Mapping[str, Any]) -> str:
+    failed = [r for r in results if not r.ok]
+    headline = (
+        f"**{len(failed)} of {len(results)} scenarios failed.**"
+        if failed
+        else f"All {len(results)} scenarios passed (or were skipped with a reason)."
+    )
+    parts = [
+        f"# Chaos report — profile `{meta.get('profile', '?')}`",
+        "",
+        headline,
+        "",
+        " · ".join(f"{key}: `{value}`" for key, value in meta.items() if key != "profile"),
+        "",
+        markdown_table(results),
+        "",
+        "*published*: publishes that returned (failed ones, which raised during the fault, are not "
+        "required to arrive). *delivered*: distinct messages received. *duplicates*: deliveries "
+        "beyond the first. *lost*: returned publishes never delivered — must be 0. *recovery*: "
+        "fault end → next delivery / → every message published before the fault end delivered "
+        "(≤ the bound).",
+        "",
+    ]
+    details = []
+    for r in results:
+        lines = []
+        for problem in r.problems:
+            lines.append(f"- **{problem}**")
+        for note in r.notes:
+            lines.append(f"- {note}")
+        if r.outage and r.cpu_s is not None:
+            lines.append(
+                f"- during the outage: {r.cpu_s:.2f} s CPU (bound {r.cpu_bound_s:.2f} s), "
+                f"{r.log_records} `abe_redis` log records (budget {r.log_budget})"
+            )
+        if r.tally is not None and r.tally.lost_ids:
+            lines.append(f"- lost message numbers (first {len(r.tally.lost_ids)}): {list(r.tally.lost_ids)}")
+        if lines:
+            details.append(f"### {r.name}\n\n" + "\n".join(lines))
+    if details:
+        parts += ["## Details", "", "\n\n".join(details), ""]
+    parts += [f"![throughput over time, fault windows shaded]({PLOT})", ""]
+    return "\n".join(parts)
+
+
+# -- SVG ---------------------------------------------------------------------------------------
+
+_WIDTH = 760
+_PANEL = 110
+_LEFT = 56
+_RIGHT = 16
+_TOP = 40
+_AXIS = 'text-anchor="end" fill="#555"'
+
+
+def _points(values: Sequence[int], bin_s: float, x0: float, x_scale: float, y0: float, y_scale: float) -> str:
+    coords = []
+    for i, count in enumerate(values):
+        x = x0 + (i + 0.5) * bin_s * x_scale
+        y = y0 - (count / bin_s) * y_scale
+        coords.append(f"{x:.1f},{y:.1f}")
+    return " ".join(coords)
+
+
+def throughput_svg(results: Sequence[ScenarioResult]) -> str:
+    """One panel per scenario: deliveries/s (solid) and publishes/s (dashed); fault window shaded."""
+    shown = [r for r in results if r.delivered_per_bin]
+    height = _TOP + max(1, len(shown)) * _PANEL + 20
+    plot_w = _WIDTH - _LEFT - _RIGHT
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
+        f'viewBox="0 0 {_WIDTH} {height}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{_WIDTH}" height="{height}" fill="white"/>',
+        '<text x="10" y="18" font-size="14" font-weight="bold">Throughput over time</text>',
+        '<text x="10" y="32" fill="#555">deliveries/s (solid), publishes/s (dashed); '
+        "fault window shaded red</text>",
+    ]
+    if not shown:
+        out.append(f'<text x="{_LEFT}" y="{_TOP + 30}">no scenario produced a timeline</text>')
+    for index, r in enumerate(shown):
+        top = _TOP + index * _PANEL
+        base = top + _PANEL - 28
+        plot_h = _PANEL - 46
+        duration = max(r.duration_s, len(r.delivered_per_bin) * r.bin_s, 1e-6)
+        x_scale = plot_w / duration
+        peak = max(
+            [1.0, *(c / r.bin_s for c in r.delivered_per_bin), *(c / r.bin_s for c in r.published_per_bin)]
+        )
+        y_scale = plot_h / peak
+        out.append(f'<g id="{escape(r.name)}">')
+        colour = "#1a7f37" if r.ok else "#cf222e"
+        out.append(
+            f'<text x="{_LEFT}" y="{top + 12}" font-weight="bold" fill="{colour}">'
+            f"{escape(r.name)} — {escape(r.fault)} ({escape(r.verdict)})</text>"
+        )
+        if r.fault_start_s is not None and r.fault_end_s is not None:
+            fx = _LEFT + r.fault_start_s * x_scale
+            fw = max(2.0, (r.fault_end_s - r.fault_start_s) * x_scale)
+            out.append(
+                f'<rect x="{fx:.1f}" y="{base - plot_h:.1f}" width="{fw:.1f}" height="{plot_h:.1f}" '
+                'fill="#cf222e" fill-opacity="0.15"/>'
+            )
+        out.append(
+            f'<line x1="{_LEFT}" y1="{base}" x2="{_LEFT + plot_w}" y2="{base}" stroke="#888"/>'
+            f'<line x1="{_LEFT}" y1="{base}" x2="{_LEFT}" y2="{base - plot_h}" stroke="#888"/>'
+            f'<text x="{_LEFT - 4}" y="{base - plot_h + 4:.1f}" {_AXIS}>{peak:.0f}/s</text>'
+            f'<text x="{_LEFT - 4}" y="{base + 4}" {_AXIS}>0</text>'
+            f'<text x="{_LEFT + plot_w}" y="{base + 14}" {_AXIS}>{duration:.1f} s</text>'
+        )
+        if r.published_per_bin:
+            pts = _points(r.published_per_bin, r.bin_s, _LEFT, x_scale, base, y_scale)
+            out.append(f'<polyline points="{pts}" fill="none" stroke="#888" stroke-dasharray="4 3"/>')
+        pts = _points(r.delivered_per_bin, r.bin_s, _LEFT, x_scale, base, y_scale)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="#0969da" stroke-width="1.5"/>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def report_json(results: Sequence[ScenarioResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "meta": dict(meta),
+        "passed": all(r.ok for r in results),
+        "scenarios": [r.to_json() for r in results],
+    }
+
+
+def write_report(results: Sequence[ScenarioResult], report_dir: Path, meta: Mapping[str, Any]) -> list[Path]:
+    """Write the three files into ``report_dir`` (created if needed); returns their paths."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        SUMMARY: summary_markdown(results, meta),
+        REPORT: json.dumps(report_json(results, meta), indent=2) + "\n",
+        PLOT: throughput_svg(results),
+    }
+    written = []
+    for name, text in files.items():
+        path = report_dir / name
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def rich_table(results: Sequence[ScenarioResult], title: str = "Chaos scenarios") -> Table:
+    table = Table(title=title)
+    for column in COLUMNS:
+        table.add_column(
+            column, justify="right" if column in ("published", "delivered", "duplicates", "lost") else "left"
+        )
+    style = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold red"}
+    for r in results:
+        cells = list(row(r))
+        cells[-1] = f"[{style[r.verdict]}]{cells[-1]}[/]"
+        table.add_row(*cells)
+    return table
