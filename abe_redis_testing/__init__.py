@@ -11,6 +11,11 @@ or ``pytest_plugins = ["abe_redis_testing"]`` in a conftest, or ``addopts = -p a
 
 from __future__ import annotations
 
+from ._plugin_backends import BackendFactory
+from .containers import docker_available
+from .fake import make_fake_redis, new_fake_server
+from .servers import RedisEndpoint, RedisServer, ServerBinaryNotFound, ServerStartError
+
 # Each fixture family lives in its own module and registers its own options; pytest imports
 # these when this module is registered as a plugin.
 pytest_plugins: list[str] = [
@@ -18,4 +23,13 @@ pytest_plugins: list[str] = [
     "abe_redis_testing._plugin_backends",
 ]
 
-__all__: list[str] = []
+__all__ = [
+    "BackendFactory",
+    "RedisEndpoint",
+    "RedisServer",
+    "ServerBinaryNotFound",
+    "ServerStartError",
+    "docker_available",
+    "make_fake_redis",
+    "new_fake_server",
+]
