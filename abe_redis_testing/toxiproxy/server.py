@@ -40,6 +40,14 @@ class _Runtime:
     async def close(self) -> None:
         await self.http.close()
         await self.collection.shutdown()
+        # Let cancelled connection tasks unwind before the loop closes, so none is destroyed
+        # while pending (which asyncio reports as an error).
+        current = asyncio.current_task()
+        remaining = [task for task in asyncio.all_tasks() if task is not current]
+        for task in remaining:
+            task.cancel()
+        if remaining:
+            await asyncio.wait(remaining, timeout=5.0)
 
 
 class EmbeddedToxiproxy:

@@ -32,6 +32,7 @@ SLACK = 0.5  # generous upper-bound slack for a loaded machine
 
 @pytest.fixture(scope="module")
 def chaos_client() -> Iterator[ToxiproxyClient]:
+    """A real Toxiproxy if TOXIPROXY_URL answers, else an embedded server for this module."""
     url = os.environ.get("TOXIPROXY_URL")
     if url and ToxiproxyClient(url, timeout=2).is_available():
         yield ToxiproxyClient(url)
@@ -42,6 +43,7 @@ def chaos_client() -> Iterator[ToxiproxyClient]:
 
 @pytest.fixture
 def scope(chaos_client: ToxiproxyClient) -> Iterator[ProxyScope]:
+    """Proxies for one test, deleted after it."""
     with ProxyScope(chaos_client, prefix="chaos_test") as proxies:
         yield proxies
 
@@ -69,6 +71,7 @@ class _Echo:
 
 @pytest.fixture(scope="module")
 def echo() -> Iterator[_Echo]:
+    """A TCP echo server used as the upstream."""
     server = _Echo()
     yield server
     server.sock.close()
@@ -76,6 +79,7 @@ def echo() -> Iterator[_Echo]:
 
 @pytest.fixture
 def proxy(scope: ProxyScope, echo: _Echo) -> Proxy:
+    """A proxy in front of the echo server."""
     return scope.proxy(("127.0.0.1", echo.port))
 
 
@@ -258,6 +262,7 @@ def test_client_covers_update_and_populate(chaos_client: ToxiproxyClient, proxy:
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Port of a throwaway redis-server (not the shared one on 6379), skipped if none on PATH."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not on PATH")

@@ -38,6 +38,7 @@ def roundtrip(sock: socket.socket, payload: bytes) -> float:
 
 @pytest.fixture
 def proxy(toxiproxy: ProxyScope, echo_server: EchoServer) -> Proxy:
+    """A fresh proxy in front of the echo server, deleted after the test."""
     return toxiproxy.proxy(echo_server.address)
 
 
