@@ -61,6 +61,14 @@ def test_latency_applies_to_already_open_connections(proxy: Proxy, client: Toxip
         assert roundtrip(sock, b"fast") < 0.150
 
 
+def test_updating_a_toxic_changes_open_connections(proxy: Proxy, client: ToxiproxyClient) -> None:
+    client.add_toxic(proxy.name, "latency", {"latency": 0})
+    with connect(proxy.address) as sock:
+        assert roundtrip(sock, b"quick") < SCHEDULING_SLACK
+        client.update_toxic(proxy.name, "latency_downstream", {"latency": 200})
+        assert roundtrip(sock, b"slower") >= 0.200 - TIMER_SLACK
+
+
 def test_latency_upstream_and_downstream_add_up(proxy: Proxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 50}, stream="upstream")
     client.add_toxic(proxy.name, "latency", {"latency": 70}, stream="downstream")
