@@ -21,6 +21,8 @@ from .servers import RedisEndpoint, RedisServer, ServerBinaryNotFound, ServerSta
 pytest_plugins: list[str] = [
     "abe_redis_testing._plugin_servers",
     "abe_redis_testing._plugin_backends",
+    "abe_redis_testing._plugin_toxiproxy",
+    "abe_redis_testing.contract._plugin",
 ]
 
 __all__ = [

@@ -1,3 +1,2 @@
-# The lead lists the contract plugin in abe_redis_testing.pytest_plugins; until then this keeps
-# --abe-redis-contract-timeout available to the tests here.
-pytest_plugins = ["pytester", "abe_redis_testing.contract._plugin"]
+# The contract plugin (--abe-redis-contract-timeout) comes with `abe_redis_testing`, and
+# `pytester` from the root conftest.

@@ -44,7 +44,9 @@ def no_docker(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, no_docker: str) -> pytest.Pytester:
+def inner(pytester: pytest.Pytester, no_docker: str, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    # When this suite itself runs under xdist, the inner session must not think it is a worker.
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makeini(INI.format(extra=""))
     return pytester
 
