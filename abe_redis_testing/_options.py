@@ -68,10 +68,12 @@ def _convert(name: str, kind: OptionKind, value: Any) -> Any:
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise pytest.UsageError(f"{flag_name(name)} / {ini_name(name)} must be an integer, got {value!r}")
+            message = f"{flag_name(name)} / {ini_name(name)} must be an integer, got {value!r}"
+            raise pytest.UsageError(message) from None
     if kind == "float":
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise pytest.UsageError(f"{flag_name(name)} / {ini_name(name)} must be a number, got {value!r}")
+            message = f"{flag_name(name)} / {ini_name(name)} must be a number, got {value!r}"
+            raise pytest.UsageError(message) from None
     return str(value)
