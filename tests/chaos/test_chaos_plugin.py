@@ -70,3 +70,43 @@ def test_block_ms_must_stay_below_the_socket_timeout(pytester: pytest.Pytester) 
     )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*chaos-block-ms (3000 ms) must be below*chaos-socket-timeout (2.0 s)*"])
+
+
+async def test_the_documented_outage_example_holds(proxied_redis: ProxiedRedis) -> None:
+    """docs/chaos.md's example, verbatim in substance: returned publishes arrive, failed ones raise."""
+    producer = proxied_redis.new_backend(retry_attempts=0)
+    consumer = proxied_redis.new_backend()
+    received: list[int] = []
+    published: list[int] = []
+    all_in = asyncio.Event()
+
+    def check() -> None:
+        if len(published) == 10 and set(published) <= set(received):
+            all_in.set()
+
+    async def handle() -> None:
+        async for message in consumer.consume():
+            received.append(message["id"])
+            check()
+
+    task = asyncio.create_task(handle())
+    failed = 0
+    try:
+        with proxied_redis.proxy.down():
+            for i in range(10):
+                try:
+                    await producer.publish("orders", {"id": i})
+                    published.append(i)
+                except redis.ConnectionError:
+                    failed += 1
+        for i in range(10, 20):
+            await producer.publish("orders", {"id": i})
+            published.append(i)
+        check()  # the last delivery may have come before the last publish returned
+        async with asyncio.timeout(15):  # a bound, not a sleep
+            await all_in.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert failed == 10  # the proxy refused every connection
+    assert sorted(set(received)) == list(range(10, 20))
