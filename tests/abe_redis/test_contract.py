@@ -1,0 +1,49 @@
+"""Our backend against the shipped contract suite: on the fake, redis-server and valkey-server."""
+
+from __future__ import annotations
+
+import pytest
+
+from abe_redis import RedisStreamsBackend
+from abe_redis_testing._plugin_backends import FAST_SETTINGS, BackendFactory
+from abe_redis_testing.contract import Capabilities, QueueBackendContract
+
+# Redelivery happens once an abandoned message is idle for claim_idle_ms (0.5 s here).
+CAPABILITIES = Capabilities.all(redelivery_timeout=FAST_SETTINGS["claim_idle_ms"] / 1000 + 1.0)
+
+
+@pytest.mark.abe_redis_targets("redis", "valkey")
+class TestRedisStreamsContractOnRealServers(QueueBackendContract):
+    capabilities = CAPABILITIES
+
+    @pytest.fixture
+    def backend_factory(self, queue_backend_factory: BackendFactory) -> BackendFactory:
+        return queue_backend_factory
+
+    @pytest.fixture
+    def backend_env(self, queue_backend_factory: BackendFactory) -> dict[str, str]:
+        assert queue_backend_factory.url is not None
+        return {
+            "REDIS_URL": queue_backend_factory.url,
+            "REDIS_BLOCK_MS": "100",
+            "REDIS_DISCOVERY_INTERVAL_MS": "100",
+            "REDIS_CLAIM_IDLE_MS": str(FAST_SETTINGS["claim_idle_ms"]),
+            "REDIS_CLAIM_INTERVAL_MS": "100",
+        }
+
+
+@pytest.mark.abe_redis_targets("fake")
+class TestRedisStreamsContractOnTheFake(QueueBackendContract):
+    # from_env() builds a network client; an in-process fake has no address to give it.
+    capabilities = Capabilities.all(
+        redelivery_timeout=CAPABILITIES.redelivery_timeout, supports_from_env=False
+    )
+
+    @pytest.fixture
+    def backend_factory(self, queue_backend_factory: BackendFactory) -> BackendFactory:
+        return queue_backend_factory
+
+
+def test_backend_class_is_what_the_suite_drives() -> None:
+    assert issubclass(TestRedisStreamsContractOnTheFake, QueueBackendContract)
+    assert RedisStreamsBackend.from_env is not None
