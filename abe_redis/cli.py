@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -14,6 +16,7 @@ from rich.table import Table
 
 from ._backend import RedisStreamsBackend
 from ._redact import redact_url
+from ._streams import to_str
 from ._verify import VerifyReport, run_verify
 from .deadletters import DeadLetters
 
@@ -40,6 +43,16 @@ def _main(argv: Sequence[str] | None) -> int:
     verify.add_argument("--keys", type=int, default=4, help="distinct keys/streams (default 4)")
     verify.add_argument("--consumers", type=int, default=2, help="competing consumers (default 2)")
     verify.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
+    verify.add_argument(
+        "--backend",
+        metavar="MODULE:CLASS",
+        help="run only the abe queue contract suite against this importable backend "
+        "(instances from Class.from_env() or Class(); capabilities from __abe_contract_capabilities__)",
+    )
+    verify.add_argument("--no-contract", action="store_true", help="skip the contract suite")
+    verify.add_argument(
+        "--contract-timeout", type=float, default=10.0, help="the contract suite's per-wait timeout (s)"
+    )
     dlq = commands.add_parser("dlq", help="list, replay or purge dead letters of a key")
     dlq.add_argument("action", choices=["keys", "list", "replay", "purge"])
     dlq.add_argument("key", nargs="?", help="the source key (stream); not needed for 'keys'")
@@ -52,6 +65,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "verify":
         if args.count < 1 or args.keys < 1 or args.consumers < 1:
             parser.error("--count, --keys and --consumers must be positive")
+        if args.backend:
+            return 0 if run_contract_report(console, args.backend, None, args.contract_timeout) else 1
         report = asyncio.run(
             run_verify(
                 url=args.url,
@@ -63,7 +78,8 @@ def _main(argv: Sequence[str] | None) -> int:
             )
         )
         print_report(console, report)
-        return 0 if report.ok else 1
+        contract_ok = args.no_contract or run_contract_report(console, None, args.url, args.contract_timeout)
+        return 0 if report.ok and contract_ok else 1
     if args.command == "dlq":
         if not args.url:
             parser.error("dlq needs --url or REDIS_URL")
@@ -107,6 +123,73 @@ async def _dead_letters(
             assert key is not None
             console.print(f"purged {await dead.purge(key)} dead letter(s) of {key}")
     return 0
+
+
+def run_contract_report(console: Console, backend: str | None, url: str | None, wait_s: float) -> bool:
+    """Run the shipped contract suite and print its report; True when nothing failed.
+
+    Without ``backend`` it checks abe-redis itself: on the in-memory fake, or on ``url`` in a
+    namespace of its own (its own registry and default group) that is deleted afterwards.
+    """
+    try:
+        from abe_redis_testing.contract import render_report, run_contract
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        console.print(
+            f"[red]the contract suite needs the testing extra: pip install 'abe-redis[testing]' ({exc})"
+        )
+        return False
+    env: dict[str, str] = {}
+    capabilities = None
+    if backend is None and url is None:
+        backend = "abe_redis_testing.fake:FakeRedisStreamsBackend"
+    elif backend is None:
+        assert url is not None
+        backend = "abe_redis:RedisStreamsBackend"
+        namespace = f"abe-redis-contract:{uuid.uuid4().hex[:10]}"
+        env = {
+            "REDIS_URL": url,
+            "REDIS_REGISTRY_KEY": f"{namespace}:streams",
+            "REDIS_CONSUMER_GROUP": f"{namespace}:group",
+            "REDIS_BLOCK_MS": "100",
+            "REDIS_DISCOVERY_INTERVAL_MS": "100",
+            "REDIS_CLAIM_IDLE_MS": "500",
+            "REDIS_CLAIM_INTERVAL_MS": "100",
+        }
+        capabilities = {**_ALL_CAPABILITIES, "redelivery_timeout": 1.5}
+    elif url is not None:
+        env = {"REDIS_URL": url}
+    console.print(f"[dim]… contract suite against {backend}[/dim]")
+    report = run_contract(backend, capabilities, timeout=wait_s, env=env)
+    if env.get("REDIS_REGISTRY_KEY"):
+        asyncio.run(_delete_contract_keys(url or "", env["REDIS_REGISTRY_KEY"]))
+    render_report(report, console)
+    console.print(
+        "[bold green]contract: PASS[/bold green]" if report.ok else "[bold red]contract: FAIL[/bold red]"
+    )
+    return bool(report.ok)
+
+
+_ALL_CAPABILITIES: dict[str, bool] = {
+    name: True
+    for name in (
+        "supports_groups",
+        "fans_out_to_groups",
+        "durable_across_instances",
+        "ordered_per_key",
+        "redelivers_unacknowledged",
+        "rejects_invalid_payloads",
+        "rejects_invalid_keys",
+        "supports_from_env",
+    )
+}
+
+
+async def _delete_contract_keys(url: str, registry_key: str) -> None:
+    async with RedisStreamsBackend.from_url(url) as backend:
+        client: Any = backend.client
+        streams = [to_str(name) for name in await client.smembers(registry_key)]
+        doomed = [registry_key, *streams, *(backend.config.dead_letter_stream(s) for s in streams)]
+        await client.delete(*doomed)
 
 
 def overrides_url(url: str) -> dict[str, str]:

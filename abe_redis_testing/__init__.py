@@ -11,9 +11,10 @@ or ``pytest_plugins = ["abe_redis_testing"]`` in a conftest, or ``addopts = -p a
 
 from __future__ import annotations
 
-from ._plugin_backends import BackendFactory
+from ._plugin_backends import RedisBackendFactory
+from ._timings import FAST_SETTINGS
 from .containers import docker_available
-from .fake import make_fake_redis, new_fake_server
+from .fake import FakeRedisStreamsBackend, make_fake_redis, new_fake_server
 from .servers import RedisEndpoint, RedisServer, ServerBinaryNotFound, ServerStartError
 
 # Each fixture family lives in its own module and registers its own options; pytest imports
@@ -26,7 +27,9 @@ pytest_plugins: list[str] = [
 ]
 
 __all__ = [
-    "BackendFactory",
+    "FAST_SETTINGS",
+    "FakeRedisStreamsBackend",
+    "RedisBackendFactory",
     "RedisEndpoint",
     "RedisServer",
     "ServerBinaryNotFound",

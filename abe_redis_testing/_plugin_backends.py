@@ -19,19 +19,12 @@ from abe_redis import RedisConfig, RedisStreamsBackend
 
 from ._options import add_option, get_option
 from ._plugin_servers import flush_endpoint
+from ._timings import FAST_SETTINGS
 from .fake import make_fake_redis, new_fake_server
 from .servers import RedisEndpoint
 
 TARGETS = ("fake", "redis", "valkey")
 TARGETS_MARKER = "abe_redis_targets"
-
-FAST_SETTINGS: dict[str, Any] = {
-    "block_ms": 100,
-    "discovery_interval_ms": 100,
-    "claim_idle_ms": 500,
-    "claim_interval_ms": 100,
-}
-"""Short timings so redelivery and discovery happen within a test's patience."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,7 +75,7 @@ def abe_redis_target(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "fake"))
 
 
-class BackendFactory:
+class RedisBackendFactory:
     """Builds :class:`~abe_redis.RedisStreamsBackend` instances that share one broker.
 
     ``factory(**overrides)`` returns a new backend (its own connection pool, as separate
@@ -137,15 +130,15 @@ class BackendFactory:
 
 
 @pytest_asyncio.fixture
-async def fake_backend_factory() -> AsyncIterator[BackendFactory]:
-    """A :class:`BackendFactory` on a fresh in-memory fakeredis server (nothing to clean up)."""
-    factory = BackendFactory("fake", fake_server=new_fake_server())
+async def fake_backend_factory() -> AsyncIterator[RedisBackendFactory]:
+    """A :class:`RedisBackendFactory` on a fresh in-memory fakeredis server (nothing to clean up)."""
+    factory = RedisBackendFactory("fake", fake_server=new_fake_server())
     yield factory
     await factory.aclose()
 
 
-async def _real_factory(target: str, endpoint: RedisEndpoint) -> AsyncIterator[BackendFactory]:
-    factory = BackendFactory(target, url=endpoint.url)
+async def _real_factory(target: str, endpoint: RedisEndpoint) -> AsyncIterator[RedisBackendFactory]:
+    factory = RedisBackendFactory(target, url=endpoint.url)
     try:
         yield factory
     finally:
@@ -154,34 +147,34 @@ async def _real_factory(target: str, endpoint: RedisEndpoint) -> AsyncIterator[B
 
 
 @pytest_asyncio.fixture
-async def redis_backend_factory(redis_server: RedisEndpoint) -> AsyncIterator[BackendFactory]:
-    """A :class:`BackendFactory` on the session's real ``redis_server``; the server is flushed
+async def redis_backend_factory(redis_server: RedisEndpoint) -> AsyncIterator[RedisBackendFactory]:
+    """A :class:`RedisBackendFactory` on the session's real ``redis_server``; the server is flushed
     after the test."""
     async for factory in _real_factory("redis", redis_server):
         yield factory
 
 
 @pytest_asyncio.fixture
-async def valkey_backend_factory(valkey_server: RedisEndpoint) -> AsyncIterator[BackendFactory]:
-    """A :class:`BackendFactory` on the session's ``valkey_server``; flushed after the test."""
+async def valkey_backend_factory(valkey_server: RedisEndpoint) -> AsyncIterator[RedisBackendFactory]:
+    """A :class:`RedisBackendFactory` on the session's ``valkey_server``; flushed after the test."""
     async for factory in _real_factory("valkey", valkey_server):
         yield factory
 
 
 @pytest.fixture
-def queue_backend_factory(abe_redis_target: str, request: pytest.FixtureRequest) -> BackendFactory:
-    """A :class:`BackendFactory` for each selected target (``--abe-redis-targets``): the test
+def queue_backend_factory(abe_redis_target: str, request: pytest.FixtureRequest) -> RedisBackendFactory:
+    """A :class:`RedisBackendFactory` for each selected target (``--abe-redis-targets``): the test
     runs once on the fake and once per real server."""
     name = {
         "fake": "fake_backend_factory",
         "redis": "redis_backend_factory",
         "valkey": "valkey_backend_factory",
     }
-    factory: BackendFactory = request.getfixturevalue(name[abe_redis_target])
+    factory: RedisBackendFactory = request.getfixturevalue(name[abe_redis_target])
     return factory
 
 
 @pytest.fixture
-def queue_backend(queue_backend_factory: BackendFactory) -> RedisStreamsBackend:
+def queue_backend(queue_backend_factory: RedisBackendFactory) -> RedisStreamsBackend:
     """One backend from ``queue_backend_factory``, on each selected target."""
     return queue_backend_factory()

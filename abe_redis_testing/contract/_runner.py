@@ -104,10 +104,10 @@ class ContractReport:
 def report_table(report: ContractReport) -> Table:
     styles = {"passed": "green", "failed": "bold red", "error": "bold red", "skipped": "yellow"}
     table = Table(title=f"abe queue contract: {report.backend}", caption=report.summary())
-    table.add_column("test", no_wrap=True)
-    table.add_column("outcome")
-    table.add_column("time", justify="right")
-    table.add_column("reason", overflow="fold")
+    table.add_column("test", overflow="fold", ratio=3)
+    table.add_column("outcome", no_wrap=True, min_width=7)
+    table.add_column("time", justify="right", no_wrap=True, min_width=6)
+    table.add_column("reason", overflow="fold", ratio=2)
     for item in report.outcomes:
         style = styles[item.outcome]
         table.add_row(item.name, f"[{style}]{item.outcome}[/]", f"{item.duration:.2f}s", item.reason)

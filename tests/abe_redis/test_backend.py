@@ -10,7 +10,7 @@ import pytest
 from abe.types import MessageQueueBackendProtocol
 
 from abe_redis import InvalidKeyError, InvalidPayloadError, ReceivedMessage, RedisStreamsBackend
-from abe_redis_testing._plugin_backends import BackendFactory
+from abe_redis_testing import RedisBackendFactory
 
 from .helpers import take
 
@@ -38,7 +38,7 @@ async def test_round_trip_is_exact(queue_backend: RedisStreamsBackend) -> None:
     assert isinstance(queue_backend, MessageQueueBackendProtocol)
 
 
-async def test_invalid_publish_writes_nothing(queue_backend_factory: BackendFactory) -> None:
+async def test_invalid_publish_writes_nothing(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory()
     with pytest.raises(InvalidPayloadError, match=r"payload\['when'\]"):
         await backend.publish("k", {"when": {1, 2}})
@@ -54,7 +54,7 @@ async def test_invalid_publish_writes_nothing(queue_backend_factory: BackendFact
 
 
 async def test_message_published_before_consumer_starts_is_delivered(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     await queue_backend_factory().publish("early", {"n": 1})
     stream = queue_backend_factory().consume()
@@ -65,7 +65,7 @@ async def test_message_published_before_consumer_starts_is_delivered(
 
 
 async def test_streams_created_after_consumer_start_are_discovered(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     consumer = queue_backend_factory().consume()
     publisher = queue_backend_factory()
@@ -81,7 +81,7 @@ async def test_streams_created_after_consumer_start_are_discovered(
 
 
 async def test_competing_consumers_get_each_message_exactly_once(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     publisher = queue_backend_factory()
     total = 300
@@ -116,7 +116,7 @@ async def test_competing_consumers_get_each_message_exactly_once(
     assert max(seen.values()) == 1
 
 
-async def test_separate_groups_each_get_everything(queue_backend_factory: BackendFactory) -> None:
+async def test_separate_groups_each_get_everything(queue_backend_factory: RedisBackendFactory) -> None:
     publisher = queue_backend_factory()
     for i in range(20):
         await publisher.publish("fan", {"i": i})
@@ -132,7 +132,7 @@ async def test_separate_groups_each_get_everything(queue_backend_factory: Backen
     assert [m["i"] for m in got_audit] == list(range(20))
 
 
-async def test_order_is_kept_per_key(queue_backend_factory: BackendFactory) -> None:
+async def test_order_is_kept_per_key(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory()
     for i in range(50):
         await backend.publish(f"ordered:{i % 2}", {"i": i, "key": i % 2})
@@ -146,7 +146,9 @@ async def test_order_is_kept_per_key(queue_backend_factory: BackendFactory) -> N
         assert sequence == sorted(sequence) and len(sequence) == 25
 
 
-async def test_thousand_concurrent_publishes_on_a_pool_of_ten(queue_backend_factory: BackendFactory) -> None:
+async def test_thousand_concurrent_publishes_on_a_pool_of_ten(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
     backend = queue_backend_factory(max_connections=10)
     await asyncio.gather(*(backend.publish("burst", {"i": i}) for i in range(1000)))
     client: Any = queue_backend_factory.client()
@@ -157,7 +159,7 @@ async def test_thousand_concurrent_publishes_on_a_pool_of_ten(queue_backend_fact
     )
 
 
-async def test_stream_maxlen_trims_approximately(queue_backend_factory: BackendFactory) -> None:
+async def test_stream_maxlen_trims_approximately(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory(stream_maxlen=100)
     for i in range(1000):
         await backend.publish("capped", {"i": i})
@@ -167,7 +169,7 @@ async def test_stream_maxlen_trims_approximately(queue_backend_factory: BackendF
 
 
 async def test_explicit_stream_list_and_pattern_find_foreign_streams(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     client: Any = queue_backend_factory.client()
     # Written by "another program": not in our registry.
@@ -184,7 +186,7 @@ async def test_explicit_stream_list_and_pattern_find_foreign_streams(
 
 
 async def test_broadcast_mode_gives_every_consumer_every_new_message(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     publisher = queue_backend_factory()
     await publisher.publish("news", {"old": True})  # before the consumers started: not delivered
@@ -205,7 +207,7 @@ async def test_broadcast_mode_gives_every_consumer_every_new_message(
     assert await client.xinfo_groups("news") == []
 
 
-async def test_closed_backend_refuses_to_consume(queue_backend_factory: BackendFactory) -> None:
+async def test_closed_backend_refuses_to_consume(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory()
     await backend.aclose()
     await backend.aclose()  # idempotent

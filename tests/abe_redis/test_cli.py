@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,24 @@ def test_verify_on_the_embedded_fake_passes(capsys: pytest.CaptureFixture[str]) 
     assert "verify: PASS" in out
     assert "200 published to 3 keys, 200 delivered" in out
     assert "0 lost, 0 duplicates" in out
+    assert "FakeRedisStreamsBackend: 35 passed, 0 failed, 0 skipped" in out
+    assert "contract: PASS" in out
+
+
+def test_verify_backend_runs_the_contract_on_any_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = "abe.backends.message_queue.service.memory:MemoryBackend"
+    assert main(["verify", "--backend", spec, "--contract-timeout", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "contract: PASS" in out
+    assert "skipped" in out and "not declared" in out  # capabilities it does not claim
+
+
+def test_verify_backend_fails_a_backend_that_breaks_its_claims(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = "tests.abe_redis.broken_backend:UnvalidatingMemoryBackend"
+    assert main(["verify", "--backend", spec, "--contract-timeout", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "contract: FAIL" in out
+    assert re.search(r"\b[1-9]\d* failed", out)
 
 
 def test_verify_on_a_real_server_passes_and_leaves_nothing(
@@ -25,8 +44,10 @@ def test_verify_on_a_real_server_passes_and_leaves_nothing(
     try:
         client.flushall()
         assert main(["verify", "--url", redis_server.url, "--count", "300"]) == 0
-        assert "verify: PASS" in capsys.readouterr().out
-        assert client.dbsize() == 0  # its namespace was cleaned up
+        out = capsys.readouterr().out
+        assert "verify: PASS" in out
+        assert "abe_redis:RedisStreamsBackend: 35 passed, 0 failed, 0 skipped" in out
+        assert client.dbsize() == 0  # its namespaces (checks and contract) were cleaned up
     finally:
         client.close()
 

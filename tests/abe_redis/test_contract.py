@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from abe_redis import RedisStreamsBackend
-from abe_redis_testing._plugin_backends import FAST_SETTINGS, BackendFactory
+from abe_redis_testing import FAST_SETTINGS, RedisBackendFactory
 from abe_redis_testing.contract import Capabilities, QueueBackendContract
 
 # Redelivery happens once an abandoned message is idle for claim_idle_ms (0.5 s here).
@@ -17,11 +17,11 @@ class TestRedisStreamsContractOnRealServers(QueueBackendContract):
     capabilities = CAPABILITIES
 
     @pytest.fixture
-    def backend_factory(self, queue_backend_factory: BackendFactory) -> BackendFactory:
+    def backend_factory(self, queue_backend_factory: RedisBackendFactory) -> RedisBackendFactory:
         return queue_backend_factory
 
     @pytest.fixture
-    def backend_env(self, queue_backend_factory: BackendFactory) -> dict[str, str]:
+    def backend_env(self, queue_backend_factory: RedisBackendFactory) -> dict[str, str]:
         assert queue_backend_factory.url is not None
         return {
             "REDIS_URL": queue_backend_factory.url,
@@ -40,7 +40,7 @@ class TestRedisStreamsContractOnTheFake(QueueBackendContract):
     )
 
     @pytest.fixture
-    def backend_factory(self, queue_backend_factory: BackendFactory) -> BackendFactory:
+    def backend_factory(self, queue_backend_factory: RedisBackendFactory) -> RedisBackendFactory:
         return queue_backend_factory
 
 

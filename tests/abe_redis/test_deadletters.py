@@ -3,12 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 from abe_redis.deadletters import DeadLetters
-from abe_redis_testing._plugin_backends import BackendFactory
+from abe_redis_testing import RedisBackendFactory
 
 from .helpers import take
 
 
-async def test_list_replay_and_purge(queue_backend_factory: BackendFactory) -> None:
+async def test_list_replay_and_purge(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory()
     client: Any = queue_backend_factory.client()
     # Another program writes an entry our codec refuses, then fixes its mind.

@@ -10,7 +10,7 @@ import pytest
 
 from abe_redis import RedisStreamsBackend
 from abe_redis._delivery import ACK_FLUSH_S
-from abe_redis_testing._plugin_backends import BackendFactory
+from abe_redis_testing import RedisBackendFactory
 from abe_redis_testing.servers import RedisServer
 
 from .helpers import take
@@ -22,7 +22,7 @@ async def _pending(client: Any, stream: str, group: str) -> int:
 
 
 async def test_message_is_acknowledged_only_after_the_next_is_requested(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     backend = queue_backend_factory()
     client: Any = queue_backend_factory.client()
@@ -51,7 +51,7 @@ async def test_message_is_acknowledged_only_after_the_next_is_requested(
 
 
 async def test_consumer_cancelled_mid_handler_message_goes_to_another_consumer(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     publisher = queue_backend_factory()
     await publisher.publish("jobs", {"job": "crashy"})
@@ -81,7 +81,9 @@ async def test_consumer_cancelled_mid_handler_message_goes_to_another_consumer(
     assert waited >= 0.4
 
 
-async def test_unyielded_batch_is_released_at_once_on_close(queue_backend_factory: BackendFactory) -> None:
+async def test_unyielded_batch_is_released_at_once_on_close(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
     backend = queue_backend_factory(claim_idle_ms=60_000, claim_interval_ms=100)
     for i in range(5):
         await backend.publish("batch", {"i": i})
@@ -99,7 +101,7 @@ async def test_unyielded_batch_is_released_at_once_on_close(queue_backend_factor
 
 
 async def test_stable_consumer_name_replays_own_pending_on_restart(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     settings = {"consumer_name": "worker-1", "claim_idle_ms": 60_000}
     await queue_backend_factory().publish("resume", {"n": 1})
@@ -115,7 +117,9 @@ async def test_stable_consumer_name_replays_own_pending_on_restart(
     assert again.delivery_count == 2
 
 
-async def test_poison_message_is_dead_lettered_never_yielded(queue_backend_factory: BackendFactory) -> None:
+async def test_poison_message_is_dead_lettered_never_yielded(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
     backend = queue_backend_factory()
     client: Any = queue_backend_factory.client()
     await client.xadd("mixed", {"payload": b"not json at all"})
@@ -141,7 +145,7 @@ async def test_poison_message_is_dead_lettered_never_yielded(queue_backend_facto
 
 
 async def test_message_redelivered_too_often_goes_to_dead_letters(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     settings = {"max_deliveries": 2, "claim_idle_ms": 100, "claim_interval_ms": 50}
     publisher = queue_backend_factory()
@@ -168,7 +172,7 @@ async def test_message_redelivered_too_often_goes_to_dead_letters(
 
 
 @pytest.mark.abe_redis_targets("redis", "valkey")
-async def test_flushall_under_a_blocked_consumer_recovers(queue_backend_factory: BackendFactory) -> None:
+async def test_flushall_under_a_blocked_consumer_recovers(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory(block_ms=2000)
     client: Any = queue_backend_factory.client()
     await backend.publish("survivor", {"n": 0})
@@ -186,7 +190,7 @@ async def test_flushall_under_a_blocked_consumer_recovers(queue_backend_factory:
     assert after == {"n": 1}
 
 
-async def test_deleted_stream_and_group_are_recreated(queue_backend_factory: BackendFactory) -> None:
+async def test_deleted_stream_and_group_are_recreated(queue_backend_factory: RedisBackendFactory) -> None:
     backend = queue_backend_factory()
     client: Any = queue_backend_factory.client()
     await backend.publish("fragile", {"n": 0})
@@ -208,7 +212,7 @@ async def test_deleted_stream_and_group_are_recreated(queue_backend_factory: Bac
 
 
 async def test_automatic_consumer_names_are_forgotten_when_idle(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     backend = queue_backend_factory()
     client: Any = queue_backend_factory.client()
@@ -221,7 +225,7 @@ async def test_automatic_consumer_names_are_forgotten_when_idle(
 
 
 async def test_two_consumers_of_one_backend_do_not_share_a_pending_list(
-    queue_backend_factory: BackendFactory,
+    queue_backend_factory: RedisBackendFactory,
 ) -> None:
     backend = queue_backend_factory(consumer_name="fixed")
     for i in range(2):
