@@ -9,6 +9,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxy-connect-host",
         help="host this process connects to for a proxy (default: the Toxiproxy URL's host)",
     )
+    parser.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        help=f"claim_idle_ms of the clients (default {SETTINGS.claim_idle_ms}); e.g. 30000, the "
+        "backend's default, to see how late a production setup gets back messages it had to claim",
+    )
     return parser
 
 
@@ -112,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     names = list(dict.fromkeys(args.scenario)) if args.scenario else list(SCENARIOS)
     profile = PROFILES[args.profile]
+    settings = SETTINGS
+    if args.claim_idle_ms is not None:
+        if args.claim_idle_ms < 1:
+            console.print("[bold red]chaos: --claim-idle-ms must be positive[/]")
+            return EXIT_SETUP
+        interval = max(100, min(args.claim_idle_ms // 3, 5_000))
+        settings = replace(SETTINGS, claim_idle_ms=args.claim_idle_ms, claim_interval_ms=interval)
     started = time.monotonic()
     try:
         env = Environment.create(
@@ -130,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"chaos profile [bold]{profile.name}[/]: {len(names)} scenario(s); "
             + ", ".join(f"{k} {v}" for k, v in env.describe().items())
         )
-        ctx = Context(env, profile, SETTINGS)
+        ctx = Context(env, profile, settings)
         results = asyncio.run(_run_all(ctx, names, console))
     finally:
         env.close()
@@ -141,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runtime_s": round(elapsed, 1),
         "python": platform.python_version(),
         **env.describe(),
-        "settings": ", ".join(f"{k}={v}" for k, v in SETTINGS.backend_kwargs().items()),
+        "settings": ", ".join(f"{k}={v}" for k, v in settings.backend_kwargs().items()),
         "traffic": f"{profile.rate:g} msg/s, {profile.consumers} consumers, faults {profile.fault_s:g} s",
     }
     written = write_report(results, args.report_dir, meta)

@@ -355,12 +355,12 @@ class Workload:
         if self._producer_done and self.ledger.outstanding == 0:
             self._complete.set()
 
-    def fault_started(self) -> None:
-        self.result.fault_start_s = self.now()
+    def fault_started(self, at: float | None = None) -> None:
+        self.result.fault_start_s = self.now() if at is None else at
         self._cpu_start = time.process_time()
 
-    def fault_ended(self) -> None:
-        self.result.fault_end_s = self.now()
+    def fault_ended(self, at: float | None = None) -> None:
+        self.result.fault_end_s = self.now() if at is None else at
         self.result.cpu_s = round(time.process_time() - self._cpu_start, 3)
 
     def note(self, text: str) -> None:

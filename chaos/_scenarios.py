@@ -276,7 +276,8 @@ async def consumer_kill(ctx: Context) -> ScenarioResult:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
     held: list[tuple[int, str]] = []
-    holding = asyncio.Event()
+    killed_at: list[float] = []
+    killed = asyncio.Event()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -294,22 +295,27 @@ async def consumer_kill(ctx: Context) -> ScenarioResult:
             word, *fields = raw.decode().split()
             if word == "done":
                 workload.record("victim", int(fields[0]), fields[1], int(fields[2]))
-            elif word == "hold":
+            elif word == "hold" and not held:
                 held.append((int(fields[0]), fields[1]))
-                holding.set()
+                # At once: a handler stuck for claim_idle_ms is claimed from a *live* consumer
+                # too, and that is not the crash this scenario is about.
+                process.kill()  # SIGKILL: no finally blocks, no ack, no release of its batch
+                killed_at.append(workload.now())
+                killed.set()
 
     workload.spawn(read_reports(), "victim-reports")
 
     async def inject(w: Workload) -> None:
         try:
             async with asyncio.timeout(HOLD_TIMEOUT_S):
-                await holding.wait()
+                await killed.wait()
         except TimeoutError:
             w.result.fail(f"the consumer process did not get stuck on a message within {HOLD_TIMEOUT_S:g} s")
-        process.kill()  # SIGKILL: no finally blocks, no ack, no release of its batch
+            process.kill()
+            killed_at.append(w.now())
         await process.wait()
-        w.fault_started()
-        w.fault_ended()
+        w.fault_started(killed_at[0])
+        w.fault_ended(killed_at[0])
 
     try:
         result = await workload.run(inject)
