@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import time
@@ -264,6 +265,11 @@ def capture_logs(counter: LogCounter, logger_name: str = "abe_redis") -> Iterato
         logger.propagate = saved[1]
 
 
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 # -- the workload --------------------------------------------------------------------------------
 
 
@@ -442,7 +448,55 @@ class Workload:
             async with asyncio.timeout(bound + self.profile.post_s + 2.0):
                 await self._complete.wait()
         except TimeoutError:
-            pass  # reported as lost messages by _finish
+            # Reported as lost by _finish; say where the missing messages are, if anywhere.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10.0):
+                    await self._diagnose_undelivered()
+
+    async def _diagnose_undelivered(self) -> None:
+        """Tell *late* from *gone*: is each undelivered message in the stream, and pending for a
+        consumer that never yielded it?"""
+        missing = {msg for msg in self.ledger.published if msg not in {d.msg for d in self.ledger.deliveries}}
+        client = redis.asyncio.Redis.from_url(self.side_url or self.url, decode_responses=True)
+        try:
+            entries = {}
+            stream: Any = await client.xrange(self.stream)
+            for entry_id, fields in stream:
+                msg = int(json.loads(fields.get("payload", "{}")).get("n", -1))
+                if msg in missing:
+                    entries[entry_id] = msg
+            pending = await client.xpending_range(self.stream, self.group, min="-", max="+", count=100_000)
+            groups: Any = await client.xinfo_groups(self.stream)
+        finally:
+            await client.aclose()
+        last = next((g["last-delivered-id"] for g in groups if g["name"] == self.group), "0-0")
+        held = [p for p in pending if p["message_id"] in entries]
+        held_msgs = {entries[p["message_id"]] for p in held}
+        unread = {msg for entry_id, msg in entries.items() if _id_key(entry_id) > _id_key(last)}
+        acked = set(entries.values()) - held_msgs - unread
+        parts = [f"{len(missing)} undelivered"]
+        if held:
+            idle = max(int(p["time_since_delivered"]) for p in held) / 1000
+            owners = len({p["consumer"] for p in held})
+            parts.append(
+                f"{len(held_msgs)} pending for {owners} consumer(s) that never yielded them "
+                f"(idle up to {idle:.1f} s; XAUTOCLAIM takes them after claim_idle_ms="
+                f"{self.settings.claim_idle_ms})"
+            )
+        if unread:
+            parts.append(f"{len(unread)} in the stream, never read by the group")
+        if acked:
+            parts.append(f"{len(acked)} read and acknowledged without reaching a handler")
+        absent = missing - set(entries.values())
+        if absent:
+            parts.append(f"{len(absent)} not in the stream at all (the write is gone)")
+        self.result.extra["undelivered"] = {
+            "pending": len(held_msgs),
+            "unread": len(unread),
+            "acked": len(acked),
+            "absent": len(absent),
+        }
+        self.note("; ".join(parts))
 
     def _finish(self) -> None:
         r = self.result
@@ -456,7 +510,7 @@ class Workload:
         )
         r.published_per_bin = throughput(self._published_at, bin_s=BIN_S, duration=r.duration_s)
         if t.lost:
-            r.fail(f"{t.lost} message(s) published successfully were never delivered")
+            r.fail(f"{t.lost} message(s) published successfully were not delivered by the end of the run")
         if t.unknown:
             r.fail(f"{t.unknown} delivered message(s) were never published")
         if t.published == 0:
