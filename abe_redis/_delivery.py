@@ -268,6 +268,7 @@ class GroupReader:
             await backoff_sleep(self._failures)
 
     async def _read_new(self) -> None:
+        started = time.monotonic()
         response = await self._client.xreadgroup(
             self.group,
             self.consumer,
@@ -275,7 +276,12 @@ class GroupReader:
             count=self._config.batch_size,
             block=self._config.block_ms,
         )
-        await self._accept([(entry, 1) for entry in stream_entries(response)])
+        entries = stream_entries(response)
+        if not entries and time.monotonic() - started < self._config.block_ms / 10_000:
+            # A blocking read that comes back empty at once is a broken server or fake (fakeredis
+            # < 2.41 does this with COUNT); pause rather than spin.
+            await asyncio.sleep(min(self._config.block_ms, 100) / 1000)
+        await self._accept([(entry, 1) for entry in entries])
 
     async def _replay_own_pending(self) -> bool:
         """Take back this consumer's pending entries, one page per call, counting the delivery."""
