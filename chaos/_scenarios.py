@@ -28,6 +28,7 @@ from ._harness import Environment, Workload, start_local_server
 from ._ledger import first_delivery_after
 from ._profiles import ClientSettings, Profile
 from ._result import ScenarioResult
+from .consumer_process import SETTINGS_ENV
 
 _MAX_CONSUMER_BACKOFF_S = 2.0  # abe_redis._delivery._MAX_BACKOFF_S
 
@@ -275,6 +276,7 @@ async def consumer_kill(ctx: Context) -> ScenarioResult:
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+    env[SETTINGS_ENV] = json.dumps(settings)
     held: list[tuple[int, str]] = []
     killed_at: list[float] = []
     killed = asyncio.Event()
@@ -282,7 +284,6 @@ async def consumer_kill(ctx: Context) -> ScenarioResult:
         sys.executable,
         "-m",
         "chaos.consumer_process",
-        json.dumps(settings),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env=env,

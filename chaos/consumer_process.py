@@ -11,13 +11,16 @@ killed::
 After ``--hold-after`` handled messages it gets stuck in the handler of the next one, so the
 parent can kill it while it holds an unacknowledged message.
 
-Run as ``python -m chaos.consumer_process '<json settings>'``.
+Run as ``python -m chaos.consumer_process`` with the settings as JSON in the environment
+variable ``CHAOS_CONSUMER_SETTINGS`` (not in argv, where a password in the URL would show in
+``ps``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -46,12 +49,15 @@ async def consume(settings: dict[str, Any]) -> None:
             _say("done", message["n"], message.message_id, message.delivery_count)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m chaos.consumer_process '<json settings>'", file=sys.stderr)
+SETTINGS_ENV = "CHAOS_CONSUMER_SETTINGS"
+
+
+def main() -> int:
+    raw = os.environ.get(SETTINGS_ENV)
+    if not raw:
+        print(f"python -m chaos.consumer_process: set {SETTINGS_ENV} to the JSON settings", file=sys.stderr)
         return 2
-    asyncio.run(consume(json.loads(args[0])))
+    asyncio.run(consume(json.loads(raw)))
     return 0
 
 
