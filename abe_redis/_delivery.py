@@ -206,6 +206,8 @@ class GroupReader:
 
     async def _fill(self) -> None:
         try:
+            if self._ack_tasks:
+                await asyncio.gather(*self._ack_tasks, return_exceptions=True)
             if self._acks_due:
                 await self._flush_acks()
             now = time.monotonic()
@@ -220,6 +222,14 @@ class GroupReader:
                 return
             if now >= self._next_claim:
                 self._next_claim = now + self._config.effective_claim_interval_ms / 1000
+                if not self._acks_due:
+                    # Here the buffer is empty and every handled message is acknowledged, so
+                    # anything still pending for this consumer was read but never yielded: a
+                    # reply lost in transit that redis-py's retry papered over. Take it back now
+                    # rather than after claim_idle_ms.
+                    self._replay_cursor = None
+                    if await self._replay_own_pending():
+                        return
                 if await self._claim_idle():
                     return
             await self._read_new()

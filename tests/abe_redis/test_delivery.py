@@ -260,3 +260,24 @@ async def test_consumer_survives_server_restart(redis_server_handle: RedisServer
         await stream.aclose()
         await backend.aclose()
     assert after == {"n": 1}
+
+
+async def test_entry_read_but_lost_in_transit_is_taken_back_without_waiting_for_claim(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """An XREADGROUP whose reply was lost (and whose retry then succeeded) leaves entries in a
+    *live* consumer's pending list; they must come back long before claim_idle_ms."""
+    backend = queue_backend_factory(consumer_name="worker", claim_idle_ms=60_000, claim_interval_ms=100)
+    client: Any = queue_backend_factory.client()
+    await backend.publish("lossy", {"n": 0})
+    stream = backend.consume(group="g")
+    try:
+        assert await take(stream, 1) == [{"n": 0}]
+        await backend.publish("lossy", {"n": 1})
+        # What a lost reply leaves behind: read for "worker" on the server, never seen by it.
+        await client.xreadgroup("g", "worker", {"lossy": ">"}, count=10)
+        [recovered] = await take(stream, 1, wait_s=5)
+    finally:
+        await stream.aclose()
+    assert recovered == {"n": 1}
+    assert recovered.delivery_count == 2
