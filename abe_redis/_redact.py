@@ -32,8 +32,13 @@ def redact_url(url: str) -> str:
         return re.sub(r"(://)[^@/]*@", r"\1" + MASK + "@", url)
 
 
-def redact_text(text: str, secrets: tuple[str | None, ...]) -> str:
-    """Replace every occurrence of each non-empty secret in ``text``."""
+_EMBEDDED_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+    """``text`` (an error message, a traceback) with the password of every URL in it masked,
+    and every occurrence of each given secret replaced."""
+    text = _EMBEDDED_URL.sub(lambda m: redact_url(m.group(0)), text)
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)

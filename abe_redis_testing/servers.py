@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from abe_redis._redact import redact_text
+
 BinaryKind = Literal["redis-server", "valkey"]
 EndpointKind = Literal["external", "container", "redis-server", "valkey"]
 
@@ -139,20 +141,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urllib.parse.urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for logs, reprs and skip reasons."""
-    return _redact(url)
+def redact_url(text: str) -> str:
+    """``text`` (a URL or a message containing URLs) with any password replaced by ``***``,
+    safe for logs, reprs and skip reasons."""
+    return redact_text(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +432,7 @@ class RedisEndpoint:
 
     @property
     def redacted_url(self) -> str:
-        return _redact(self.url)
+        return redact_url(self.url)
 
     def __repr__(self) -> str:
         return f"RedisEndpoint(kind={self.kind!r}, url={self.redacted_url!r}, db={self.db})"
@@ -453,14 +445,14 @@ class RedisEndpoint:
     def from_url(cls, url: str, *, db: int | None = None) -> RedisEndpoint:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in {"redis", "rediss"}:
-            raise ValueError(f"not a redis:// or rediss:// URL: {_redact(url)!r}")
+            raise ValueError(f"not a redis:// or rediss:// URL: {redact_url(url)!r}")
         url_db = 0
         path = parts.path.strip("/")
         if path:
             try:
                 url_db = int(path)
             except ValueError:
-                raise ValueError(f"database in URL must be an integer: {_redact(url)!r}") from None
+                raise ValueError(f"database in URL must be an integer: {redact_url(url)!r}") from None
         chosen = url_db if db is None else db
         # redis-py lets the URL's path win over a ``db=`` argument, so the db lives in the URL.
         return cls(
@@ -481,7 +473,7 @@ def ping_url(url: str, *, timeout: float = 2.0) -> str | None:
     try:
         client.ping()
     except Exception as exc:
-        return f"{_redact(url)} did not answer PING: {type(exc).__name__}: {_redact(str(exc))}"
+        return f"{redact_url(url)} did not answer PING: {type(exc).__name__}: {redact_url(str(exc))}"
     finally:
         client.close()
     return None

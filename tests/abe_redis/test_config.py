@@ -134,3 +134,13 @@ def test_from_url_and_keyword_overrides() -> None:
 
 def test_empty_environment_gives_defaults() -> None:
     assert RedisConfig.from_env({}) == RedisConfig()
+
+
+def test_urls_inside_messages_are_redacted() -> None:
+    from abe_redis._redact import redact_text
+
+    text = f"Error connecting to redis://app:{SECRET}@cache:6379/0, then 'rediss://{SECRET}@other'"
+    cleaned = redact_text(text, (SECRET,))
+    assert SECRET not in cleaned
+    assert "redis://app:***@cache:6379/0" in cleaned
+    assert redact_text(f"token {SECRET} leaked", (SECRET,)) == "token *** leaked"
