@@ -173,6 +173,8 @@ async def proxied_redis(
     default). After the test the backends are closed, the proxy deleted and the database
     flushed (only the test's own db on an external server).
     """
+    # Start empty even if an earlier test on the shared server did not clean up after itself.
+    await flush_endpoint(redis_server)
     upstream = get_option(pytestconfig, "chaos-upstream") or f"{redis_server.host}:{redis_server.port}"
     proxy = toxiproxy.proxy(upstream)
     proxied = ProxiedRedis(

@@ -30,7 +30,7 @@ def test_loader_group_is_the_one_we_register() -> None:
 
 
 async def test_load_backend_returns_ours_configured_from_env(
-    monkeypatch: pytest.MonkeyPatch, redis_server: RedisEndpoint
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisEndpoint, redis_client: object
 ) -> None:
     monkeypatch.setenv("QUEUE_BACKEND", "redis")
     monkeypatch.setenv("REDIS_URL", redis_server.url)
@@ -46,8 +46,9 @@ async def test_load_backend_returns_ours_configured_from_env(
 
 
 async def test_async_loop_consumer_runs_loaded_backend_end_to_end(
-    monkeypatch: pytest.MonkeyPatch, redis_server: RedisEndpoint
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisEndpoint, redis_client: object
 ) -> None:
+    # redis_client is requested for its cleanup: the server is flushed after the test.
     monkeypatch.setenv("QUEUE_BACKEND", "redis")
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("REDIS_BLOCK_MS", "100")
