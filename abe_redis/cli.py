@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import uuid
@@ -12,6 +13,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from ._backend import RedisStreamsBackend
@@ -22,6 +24,11 @@ from .deadletters import DeadLetters
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
+    )
     try:
         return _main(argv)
     except (RedisError, OSError) as exc:
