@@ -132,6 +132,7 @@ class GroupReader:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._replay_cursor: dict[str, str] | None = None
+        self._count_replays = True
         self._claim_cursor: dict[str, str] = {}
         self._next_discovery = 0.0
         self._next_claim = 0.0
@@ -294,9 +295,17 @@ class GroupReader:
         await self._accept([(entry, 1) for entry in entries])
 
     async def _replay_own_pending(self) -> bool:
-        """Take back this consumer's pending entries, one page per call, counting the delivery."""
+        """Take back this consumer's pending entries, one page per call.
+
+        The first replay after start counts as a delivery (XCLAIM raises the counter): the
+        previous process under this name may have died handling these, and a message that keeps
+        killing its consumer must still reach max_deliveries. Later replays (after a connection
+        error, or the orphan sweep) take back entries whose *reply* was lost: they never reached
+        a handler, so they are claimed with JUSTID and read with XRANGE, leaving the counter as is.
+        """
         if self._replay_cursor is None:
             self._replay_cursor = dict.fromkeys(self._streams, "-")
+        handled = {m.message_id for m in self._acks_due}  # done, only their XACK is outstanding
         for stream, cursor in list(self._replay_cursor.items()):
             pending = await self._client.xpending_range(
                 stream,
@@ -309,16 +318,35 @@ class GroupReader:
             if not pending:
                 del self._replay_cursor[stream]
                 continue
-            counts = {to_str(p["message_id"]): int(p["times_delivered"]) + 1 for p in pending}
             self._replay_cursor[stream] = _next_id(to_str(pending[-1]["message_id"]))
-            # XCLAIM to ourselves (idle 0) returns the data and counts this as a delivery, so a
-            # message that keeps killing its consumer still reaches max_deliveries.
-            claimed = await self._client.xclaim(stream, self.group, self.consumer, 0, list(counts))
-            found = {to_str(entry_id) for entry_id, _ in claimed}
-            await self._accept([((stream, to_str(i), f), counts[to_str(i)]) for i, f in claimed])
+            counts = {
+                to_str(p["message_id"]): int(p["times_delivered"])
+                for p in pending
+                if to_str(p["message_id"]) not in handled
+            }
+            if not counts:
+                return True
+            if self._count_replays:
+                claimed = await self._client.xclaim(stream, self.group, self.consumer, 0, list(counts))
+                entries = [(to_str(i), f) for i, f in claimed]
+                counts = {i: n + 1 for i, n in counts.items()}
+            else:
+                # JUSTID: reset the idle time (so no one else claims them meanwhile), keep the count.
+                await self._client.xclaim(stream, self.group, self.consumer, 0, list(counts), justid=True)
+                entries = await self._entries_by_id(stream, list(counts))
+            found = {entry_id for entry_id, _ in entries}
+            await self._accept([((stream, i, f), counts[i]) for i, f in entries])
             await self._ack_vanished(stream, [i for i in counts if i not in found])
             return True
+        self._count_replays = False
         return False
+
+    async def _entries_by_id(self, stream: str, entry_ids: list[str]) -> list[tuple[str, Any]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute()
+        return [(to_str(found[0][0]), found[0][1]) for found in replies if found]
 
     async def _claim_idle(self) -> bool:
         """XAUTOCLAIM entries idle longer than claim_idle_ms from any consumer of the group."""
