@@ -139,14 +139,14 @@ def run_contract_report(console: Console, backend: str | None, url: str | None, 
     namespace of its own (its own registry and default group) that is deleted afterwards.
     """
     try:
-        from abe_redis_testing.contract import render_report, run_contract
+        from abe_redis_testing.contract import Capabilities, render_report, run_contract
     except ImportError as exc:  # pragma: no cover - depends on the install
         console.print(
             f"[red]the contract suite needs the testing extra: pip install 'abe-redis[testing]' ({exc})"
         )
         return False
     env: dict[str, str] = {}
-    capabilities = None
+    capabilities: Capabilities | None = None
     if backend is None and url is None:
         backend = "abe_redis_testing.fake:FakeRedisStreamsBackend"
     elif backend is None:
@@ -162,7 +162,7 @@ def run_contract_report(console: Console, backend: str | None, url: str | None, 
             "REDIS_CLAIM_IDLE_MS": "500",
             "REDIS_CLAIM_INTERVAL_MS": "100",
         }
-        capabilities = {**_ALL_CAPABILITIES, "redelivery_timeout": 1.5}
+        capabilities = Capabilities.all(redelivery_timeout=1.5)  # claim_idle_ms 500 + margin
     elif url is not None:
         env = {"REDIS_URL": url}
     console.print(f"[dim]… contract suite against {backend}[/dim]")
@@ -174,21 +174,6 @@ def run_contract_report(console: Console, backend: str | None, url: str | None, 
         "[bold green]contract: PASS[/bold green]" if report.ok else "[bold red]contract: FAIL[/bold red]"
     )
     return bool(report.ok)
-
-
-_ALL_CAPABILITIES: dict[str, bool] = {
-    name: True
-    for name in (
-        "supports_groups",
-        "fans_out_to_groups",
-        "durable_across_instances",
-        "ordered_per_key",
-        "redelivers_unacknowledged",
-        "rejects_invalid_payloads",
-        "rejects_invalid_keys",
-        "supports_from_env",
-    )
-}
 
 
 async def _delete_contract_keys(url: str, registry_key: str) -> None:

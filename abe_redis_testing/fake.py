@@ -14,6 +14,7 @@ from redis.asyncio import BlockingConnectionPool
 from abe_redis import RedisConfig, RedisStreamsBackend
 
 from ._timings import FAST_SETTINGS
+from .contract._capabilities import Capabilities
 
 __all__ = ["FakeRedisStreamsBackend", "make_fake_redis", "new_fake_server"]
 
@@ -84,15 +85,7 @@ class FakeRedisStreamsBackend(RedisStreamsBackend):
         cls._shared_server = new_fake_server()
 
     # Read by abe_redis_testing.contract.run_contract.
-    __abe_contract_capabilities__ = {
-        "supports_groups": True,
-        "fans_out_to_groups": True,
-        "durable_across_instances": True,
-        "ordered_per_key": True,
-        "redelivers_unacknowledged": True,
-        "rejects_invalid_payloads": True,
-        "rejects_invalid_keys": True,
-        "supports_from_env": True,
-        "redelivery_timeout": FAST_SETTINGS["claim_idle_ms"] / 1000 + 1.0,
-    }
+    __abe_contract_capabilities__ = Capabilities.all(
+        redelivery_timeout=FAST_SETTINGS["claim_idle_ms"] / 1000 + 1.0
+    )
     __abe_contract_reset__ = reset
