@@ -112,6 +112,15 @@ def _skipped_capability(item: ContractOutcome) -> str | None:
     return found.group(1) if found else None
 
 
+def _collapse_cases(items: list[ContractOutcome]) -> list[str]:
+    """Test names with the parametrized cases of one test folded into "name (N cases)"."""
+    cases: dict[str, int] = {}
+    for item in items:
+        base = item.name.partition("[")[0]
+        cases[base] = cases.get(base, 0) + 1
+    return [base if n == 1 else f"{base} ({n} cases)" for base, n in cases.items()]
+
+
 def report_table(report: ContractReport) -> Table:
     """One row per test; tests skipped for the same undeclared capability share one row.
 
@@ -137,7 +146,7 @@ def report_table(report: ContractReport) -> Table:
         )
     for capability, items in by_capability.items():
         table.add_row(
-            Text("\n".join(item.name for item in items)),
+            Text("\n".join(_collapse_cases(items))),
             Text(f"skipped ({len(items)})", style=_STYLES["skipped"]),
             f"{sum(item.duration for item in items):.2f}s",
             Text(f"capability `{capability}` not declared ({CAPABILITY_DESCRIPTIONS[capability]})"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from abe_redis import RedisStreamsBackend
 from abe_redis_testing import FAST_SETTINGS, RedisBackendFactory
 from abe_redis_testing.contract import Capabilities, QueueBackendContract
 
@@ -44,6 +43,9 @@ class TestRedisStreamsContractOnTheFake(QueueBackendContract):
         return queue_backend_factory
 
 
-def test_backend_class_is_what_the_suite_drives() -> None:
-    assert issubclass(TestRedisStreamsContractOnTheFake, QueueBackendContract)
-    assert RedisStreamsBackend.from_env is not None
+def test_every_capability_is_claimed_and_only_from_env_is_withdrawn_on_the_fake() -> None:
+    # A capability dropped here would turn its contract tests into silent skips.
+    real = TestRedisStreamsContractOnRealServers.capabilities
+    fake = TestRedisStreamsContractOnTheFake.capabilities
+    assert real == Capabilities.all(redelivery_timeout=real.redelivery_timeout)
+    assert fake == Capabilities.all(redelivery_timeout=real.redelivery_timeout, supports_from_env=False)
