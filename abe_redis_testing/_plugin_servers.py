@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, NoReturn, cast, get_args
+from typing import Any, NoReturn, TypeVar, cast, get_args
 
 import pytest
 import pytest_asyncio
+import redis
 import redis.asyncio
 
 from abe_redis_testing._options import add_option, flag_name, get_option
-from abe_redis_testing.containers import DEFAULT_IMAGE, docker_available, start_redis_container
+from abe_redis_testing.containers import (
+    DEFAULT_IMAGE,
+    container_start_errors,
+    docker_available,
+    start_redis_container,
+)
 from abe_redis_testing.fake import make_fake_redis
 from abe_redis_testing.servers import (
+    DEFAULT_MASTER_NAME,
+    STREAMS_BACKEND_COMMAND_NAMES,
+    AclUser,
     BinaryKind,
+    RedisClusterHandle,
     RedisEndpoint,
+    RedisSentinelHandle,
     RedisServer,
     ServerBinaryNotFound,
     ServerStartError,
+    create_acl_user,
+    delete_acl_user,
     find_binary,
     ping_url,
     redact_url,
@@ -33,6 +46,8 @@ from abe_redis_testing.servers import (
 URL_ENV = "ABE_REDIS_TEST_URL"
 SERVER_CHOICES = ("auto", "external", "container", "redis-server", "valkey")
 MARKER = "abe_redis_server"
+TOPOLOGY_KINDS = ("auto", "redis-server", "valkey")
+_T = TypeVar("_T", RedisClusterHandle, RedisSentinelHandle)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +78,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add_option(
         parser, "docker-timeout", "Seconds the Docker availability check may take.", kind="float", default=2.0
+    )
+    add_option(
+        parser,
+        "topology-kind",
+        "Server binary for redis_cluster / redis_sentinel nodes: auto (redis-server, else valkey), "
+        "redis-server or valkey.",
+        default="auto",
+    )
+    add_option(parser, "cluster-masters", "Masters in redis_cluster.", kind="int", default=3)
+    add_option(parser, "cluster-replicas", "Replicas per master in redis_cluster.", kind="int", default=1)
+    add_option(
+        parser,
+        "topology-timeout",
+        "Seconds a cluster or sentinel deployment gets to become ready (after start or a failover).",
+        kind="float",
+        default=30.0,
     )
     add_option(
         parser,
@@ -244,8 +275,8 @@ def _try_container(config: pytest.Config) -> tuple[Any, str]:
     image = str(get_option(config, "image"))
     try:
         return start_redis_container(image), ""
-    except Exception as exc:
-        return None, f"container: {image} did not start: {type(exc).__name__}: {exc}"
+    except container_start_errors() as exc:
+        return None, f"container: {image} did not start: {type(exc).__name__}: {redact_url(str(exc))}"
 
 
 @pytest.fixture(scope="session")
@@ -327,10 +358,11 @@ def redis_container(pytestconfig: pytest.Config) -> Iterator[RedisEndpoint]:
     image = str(get_option(pytestconfig, "image"))
     try:
         handle = start_redis_container(image)
-    except Exception as exc:
+    except container_start_errors() as exc:
         # An engine that answers but cannot pull or run the image (offline, no such tag) is an
-        # environment problem, reported like a missing engine.
-        unavailable(pytestconfig, f"redis_container: {image} did not start: {type(exc).__name__}: {exc}")
+        # environment problem, reported like a missing engine; any other exception is a bug.
+        reason = f"{image} did not start: {type(exc).__name__}: {redact_url(str(exc))}"
+        unavailable(pytestconfig, f"redis_container: {reason}")
     try:
         yield handle.endpoint()
     finally:
@@ -447,15 +479,292 @@ async def fake_redis(pytestconfig: pytest.Config) -> AsyncIterator[redis.asyncio
         await client.aclose()
 
 
+# ---------------------------------------------------------------------------------------------
+# Topologies: cluster, sentinel, ACL users
+# ---------------------------------------------------------------------------------------------
+
+
+class _TopologyFactory:
+    def __init__(self, config: pytest.Config, servers: RedisServerFactory) -> None:
+        self._config = config
+        self._servers = servers
+        self.started: list[RedisClusterHandle | RedisSentinelHandle] = []
+
+    def _binary(self, kind: str | None) -> tuple[BinaryKind, str]:
+        return self._servers.resolve(kind or _topology_kind(self._config))
+
+    @property
+    def _startup_timeout(self) -> float:
+        return float(get_option(self._config, "startup_timeout"))
+
+    @property
+    def _ready_timeout(self) -> float:
+        return float(get_option(self._config, "topology_timeout"))
+
+    def _keep(self, handle: _T) -> _T:
+        self.started.append(handle)
+        try:
+            handle.start()
+        except BaseException:
+            self.started.remove(handle)
+            raise
+        return handle
+
+    def _unavailable(self, what: str, exc: Exception) -> NoReturn:
+        unavailable(self._config, f"{what}: {redact_url(str(exc))}")
+
+    def close(self) -> None:
+        for handle in reversed(self.started):
+            handle.cleanup()
+        self.started.clear()
+
+
+class RedisClusterFactory(_TopologyFactory):
+    """Starts :class:`~abe_redis_testing.servers.RedisClusterHandle` clusters; all are removed
+    when the factory's fixture ends."""
+
+    def start(
+        self,
+        *,
+        kind: str | None = None,
+        masters: int | None = None,
+        replicas_per_master: int | None = None,
+        password: str | None = None,
+        node_timeout_ms: int = 1000,
+    ) -> RedisClusterHandle:
+        """Start a cluster; raises ``ServerBinaryNotFound`` / ``ServerStartError``."""
+        binary_kind, binary = self._binary(kind)
+        return self._keep(
+            RedisClusterHandle(
+                binary,
+                kind=binary_kind,
+                masters=masters if masters is not None else int(get_option(self._config, "cluster_masters")),
+                replicas_per_master=(
+                    replicas_per_master
+                    if replicas_per_master is not None
+                    else int(get_option(self._config, "cluster_replicas"))
+                ),
+                password=password,
+                node_timeout_ms=node_timeout_ms,
+                startup_timeout=self._startup_timeout,
+                ready_timeout=self._ready_timeout,
+            )
+        )
+
+    def __call__(self, **settings: Any) -> RedisClusterHandle:
+        """Like :meth:`start`, but a missing binary skips the test (fails under strict)."""
+        try:
+            return self.start(**settings)
+        except ServerBinaryNotFound as exc:
+            self._unavailable("redis_cluster: no server binary", exc)
+
+
+class RedisSentinelFactory(_TopologyFactory):
+    """Starts :class:`~abe_redis_testing.servers.RedisSentinelHandle` deployments; all are removed
+    when the factory's fixture ends."""
+
+    def start(
+        self,
+        *,
+        kind: str | None = None,
+        master_name: str = DEFAULT_MASTER_NAME,
+        replicas: int = 1,
+        sentinels: int = 3,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+        down_after_ms: int = 1000,
+    ) -> RedisSentinelHandle:
+        """Start a master, replicas and sentinels; raises ``ServerBinaryNotFound`` / ``ServerStartError``."""
+        binary_kind, binary = self._binary(kind)
+        return self._keep(
+            RedisSentinelHandle(
+                binary,
+                kind=binary_kind,
+                master_name=master_name,
+                replicas=replicas,
+                sentinels=sentinels,
+                password=password,
+                sentinel_password=sentinel_password,
+                down_after_ms=down_after_ms,
+                startup_timeout=self._startup_timeout,
+                ready_timeout=self._ready_timeout,
+            )
+        )
+
+    def __call__(self, **settings: Any) -> RedisSentinelHandle:
+        """Like :meth:`start`, but a missing binary skips the test (fails under strict)."""
+        try:
+            return self.start(**settings)
+        except ServerBinaryNotFound as exc:
+            self._unavailable("redis_sentinel: no server binary", exc)
+
+
+def _topology_kind(config: pytest.Config) -> str:
+    kind = str(get_option(config, "topology_kind")).strip().lower()
+    if kind not in TOPOLOGY_KINDS:
+        raise pytest.UsageError(
+            f"{flag_name('topology-kind')} must be one of {', '.join(TOPOLOGY_KINDS)}; got {kind!r}"
+        )
+    return kind
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_factory(
+    pytestconfig: pytest.Config, redis_server_factory: RedisServerFactory
+) -> Iterator[RedisClusterFactory]:
+    """Session-scoped factory for extra clusters, all removed at session end.
+
+    ``redis_cluster_factory(masters=3, replicas_per_master=1, kind=None, password=None)`` returns a
+    started :class:`~abe_redis_testing.servers.RedisClusterHandle`.
+    """
+    factory = RedisClusterFactory(pytestconfig, redis_server_factory)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_factory(
+    pytestconfig: pytest.Config, redis_server_factory: RedisServerFactory
+) -> Iterator[RedisSentinelFactory]:
+    """Session-scoped factory for extra Sentinel deployments, all removed at session end.
+
+    ``redis_sentinel_factory(master_name="abe-master", replicas=1, sentinels=3, password=None,
+    sentinel_password=None)`` returns a started :class:`~abe_redis_testing.servers.RedisSentinelHandle`.
+    """
+    factory = RedisSentinelFactory(pytestconfig, redis_server_factory)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(redis_cluster_factory: RedisClusterFactory) -> RedisClusterHandle:
+    """The session's Redis Cluster (``--abe-redis-cluster-masters`` x ``-replicas``), not cleaned
+    between tests; most tests want ``redis_cluster``."""
+    return redis_cluster_factory()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisClusterHandle) -> Iterator[RedisClusterHandle]:
+    """The session's Redis Cluster (3 masters + 3 replicas by default) as a
+    :class:`~abe_redis_testing.servers.RedisClusterHandle`.
+
+    ``.url`` is ``redis+cluster://host:port,…``; ``.nodes``, ``.masters``, ``.replicas``,
+    ``.master_for(key)``, ``.kill_master(key)``, ``.failover(key)``, ``.restart(node)``. After
+    the test, stopped nodes are restarted, the cluster is awaited healthy and every master is
+    FLUSHALLed. Skips without a server binary (fails under ``--abe-redis-strict``).
+    """
+    yield redis_cluster_session
+    redis_cluster_session.heal()
+    redis_cluster_session.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_session(redis_sentinel_factory: RedisSentinelFactory) -> RedisSentinelHandle:
+    """The session's Sentinel deployment, not cleaned between tests; most tests want ``redis_sentinel``."""
+    return redis_sentinel_factory()
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_session: RedisSentinelHandle) -> Iterator[RedisSentinelHandle]:
+    """The session's master + replica + 3 sentinels as a
+    :class:`~abe_redis_testing.servers.RedisSentinelHandle`.
+
+    ``.url`` is ``redis+sentinel://host:port,…/abe-master/0``; ``.master``, ``.replicas``,
+    ``.sentinels``, ``.failover()``, ``.kill_master()``, ``.restart(node)``. After the test,
+    stopped processes are restarted, the deployment is awaited healthy and the master is
+    FLUSHALLed. Skips without a server binary (fails under ``--abe-redis-strict``).
+    """
+    yield redis_sentinel_session
+    redis_sentinel_session.heal()
+    redis_sentinel_session.flushall()
+
+
+class AclUserFactory:
+    """Creates least-privilege users on one server; deletes them and empties the server in :meth:`close`."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.users: list[AclUser] = []
+
+    def __call__(
+        self,
+        username: str = "abe-app",
+        key_prefix: str = "app:",
+        *,
+        commands: Sequence[str] = STREAMS_BACKEND_COMMAND_NAMES,
+        channels: str | None = None,
+        password: str | None = None,
+    ) -> AclUser:
+        """A user confined to ``key_prefix`` with ``commands`` (default: what a Streams backend needs)."""
+        user = create_acl_user(
+            self.server, username, key_prefix, commands=commands, channels=channels, password=password
+        )
+        self.users.append(user)
+        return user
+
+    def close(self) -> None:
+        for user in self.users:
+            delete_acl_user(self.server, user.username)
+        self.users.clear()
+        self.server_flushall()
+
+    def server_flushall(self) -> None:
+        import redis as sync_redis
+
+        with sync_redis.Redis(
+            host=self.server.host, port=self.server.port, password=self.server.password
+        ) as admin:
+            admin.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_acl_server(redis_server_factory: RedisServerFactory) -> RedisServer:
+    """A server of its own for ACL users, so they never appear on ``redis_server``."""
+    return redis_server_factory()
+
+
+@pytest.fixture
+def redis_acl_user_factory(redis_acl_server: RedisServer) -> Iterator[AclUserFactory]:
+    """``redis_acl_user_factory(username="abe-app", key_prefix="app:", commands=…, channels=None)``
+    creates an :class:`~abe_redis_testing.servers.AclUser` on ``redis_acl_server``; after the test
+    the users are deleted and the server is FLUSHALLed."""
+    factory = AclUserFactory(redis_acl_server)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def redis_acl_user(redis_acl_user_factory: AclUserFactory) -> AclUser:
+    """A user ``abe-app`` confined to keys and channels under ``app:`` and to the commands a
+    Streams backend needs (``STREAMS_BACKEND_COMMANDS``), with a random password.
+
+    ``.url`` logs in as the user; ``.redacted_url`` is safe to print.
+    """
+    return redis_acl_user_factory()
+
+
 __all__ = [
     "MARKER",
     "SERVER_CHOICES",
+    "TOPOLOGY_KINDS",
     "URL_ENV",
+    "AclUserFactory",
+    "RedisClusterFactory",
+    "RedisSentinelFactory",
     "RedisServerFactory",
     "fake_redis",
     "flush_endpoint",
+    "redis_acl_server",
+    "redis_acl_user",
+    "redis_acl_user_factory",
     "redis_client",
+    "redis_cluster",
+    "redis_cluster_factory",
+    "redis_cluster_session",
     "redis_container",
+    "redis_sentinel",
+    "redis_sentinel_factory",
+    "redis_sentinel_session",
     "redis_server",
     "redis_server_factory",
     "redis_server_handle",

@@ -6,6 +6,7 @@ Docker costs a fraction of a second, never testcontainers' two-minute retry loop
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DockerCheck",
     "RedisContainerHandle",
+    "container_start_errors",
     "docker_available",
     "start_redis_container",
 ]
@@ -72,6 +74,28 @@ def docker_available(timeout: float = DEFAULT_DOCKER_TIMEOUT) -> DockerCheck:
         if client is not None:
             client.close()
     return DockerCheck(True, f"Docker answered at {where}")
+
+
+def container_start_errors() -> tuple[type[BaseException], ...]:
+    """What starting a container raises when the *environment* is at fault: the engine refuses or
+    goes away, the image cannot be pulled or run, the container never becomes ready. Anything
+    else is a bug and should surface, not turn into a skip."""
+    import redis.exceptions
+
+    errors: list[type[BaseException]] = [OSError, TimeoutError, redis.exceptions.ConnectionError]
+    with contextlib.suppress(ImportError):
+        import docker.errors
+
+        errors.append(docker.errors.DockerException)
+    with contextlib.suppress(ImportError):
+        import requests.exceptions
+
+        errors.append(requests.exceptions.RequestException)
+    with contextlib.suppress(ImportError):
+        from testcontainers.core import exceptions as tc
+
+        errors += [tc.ContainerStartException, tc.ContainerConnectException, tc.ContainerIsNotRunning]
+    return tuple(errors)
 
 
 def _redis_container_class() -> Any:

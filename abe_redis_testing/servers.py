@@ -171,6 +171,8 @@ class RedisServer:
         data_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         extra_args: Sequence[str] = (),
+        password: str | None = None,
+        config_lines: Sequence[str] = (),
     ) -> None:
         self.binary = Path(binary)
         self.kind: BinaryKind = kind
@@ -180,6 +182,13 @@ class RedisServer:
         self.appendonly = appendonly
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        # The readiness probes authenticate with it; the caller configures the server to require
+        # it (``--requirepass`` in ``extra_args``), so a restart keeps asking for the same one.
+        self.password = password
+        # Settings that must stay off the command line (secrets show in ``ps``) or that a mode
+        # requires in a file (Sentinel rewrites its config). Written once, at the first start,
+        # so whatever the server rewrites there survives a restart.
+        self.config_lines = tuple(config_lines)
         self._owns_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self._process: subprocess.Popen[bytes] | None = None
@@ -192,6 +201,10 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def config_path(self) -> Path | None:
+        return None if self.data_dir is None or not self.config_lines else self.data_dir / "server.conf"
 
     @property
     def log_path(self) -> Path | None:
@@ -298,10 +311,18 @@ class RedisServer:
         """True if the server answers ``+PONG`` right now (``-LOADING`` counts as not ready)."""
         try:
             with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                if not self._authenticate(sock):
+                    return False
+                sock.sendall(_resp("PING"))
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def _authenticate(self, sock: socket.socket) -> bool:
+        if self.password is None:
+            return True
+        sock.sendall(_resp("AUTH", self.password))
+        return sock.recv(64).startswith(b"+OK")
 
     # -- internals --------------------------------------------------------------------------
 
@@ -310,7 +331,9 @@ class RedisServer:
         # process is still on its way to a bind failure; the pid in INFO proves who answered.
         try:
             with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-                sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+                if not self._authenticate(sock):
+                    return None
+                sock.sendall(_resp("INFO", "server"))
                 data = b""
                 while b"process_id:" not in data or not data.split(b"process_id:", 1)[1].count(b"\r\n"):
                     chunk = sock.recv(4096)
@@ -324,8 +347,14 @@ class RedisServer:
 
     def command_line(self) -> list[str]:
         assert self.data_dir is not None
-        args = [
-            str(self.binary),
+        args = [str(self.binary)]
+        config = self.config_path
+        if config is not None:
+            if not config.exists():
+                config.touch(mode=0o600)
+                config.write_text("".join(line + "\n" for line in self.config_lines))
+            args.append(str(config))  # redis-server reads a config file only as its first argument
+        args += [
             "--port",
             str(self.port),
             "--bind",
@@ -405,6 +434,15 @@ class _BindFailed(Exception):
     pass
 
 
+def _resp(*args: str) -> bytes:
+    """One command in the Redis protocol, for the probes that must not depend on a client library."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 # ---------------------------------------------------------------------------------------------
 # What fixtures hand out
 # ---------------------------------------------------------------------------------------------
@@ -479,18 +517,49 @@ def ping_url(url: str, *, timeout: float = 2.0) -> str | None:
     return None
 
 
+# The topology handles build on RedisServer; they live in their own module and are re-exported
+# here so that ``servers`` stays the one place to import server handles from.
+from ._topologies import (  # noqa: E402
+    CLUSTER_SLOTS,
+    DEFAULT_MASTER_NAME,
+    STREAMS_BACKEND_COMMAND_NAMES,
+    STREAMS_BACKEND_COMMANDS,
+    AclUser,
+    ClusterNodeView,
+    RedisClusterHandle,
+    RedisSentinelHandle,
+    TopologyNotReady,
+    acl_rules,
+    create_acl_user,
+    delete_acl_user,
+    parse_cluster_nodes,
+)
+
 __all__ = [
+    "CLUSTER_SLOTS",
     "DEFAULT_HOST",
+    "DEFAULT_MASTER_NAME",
+    "STREAMS_BACKEND_COMMANDS",
+    "STREAMS_BACKEND_COMMAND_NAMES",
+    "AclUser",
     "BinaryKind",
+    "ClusterNodeView",
     "EndpointKind",
+    "RedisClusterHandle",
     "RedisEndpoint",
+    "RedisSentinelHandle",
     "RedisServer",
     "ServerBinaryNotFound",
     "ServerStartError",
+    "TopologyNotReady",
+    "acl_rules",
+    "create_acl_user",
+    "delete_acl_user",
     "find_binary",
     "find_redis_server",
     "find_valkey_server",
     "free_port",
+    "parse_cluster_nodes",
     "ping_url",
     "redact_url",
 ]
