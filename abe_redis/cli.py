@@ -166,11 +166,37 @@ def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     purge.add_argument("key", metavar="KEY", help="the source key (stream)")
 
 
+def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = _subcommand(
+        commands,
+        "bench",
+        "throughput, latency and memory of abe-redis against plain redis-py on the same server",
+        "Runs every workload through abe-redis and as plain redis-py code on one server, and "
+        "prints msg/s, p50/p99 and the ratio ours/raw. Without --url it starts its own "
+        "redis-server on a free port.",
+    )
+    bench.add_argument("--url", help="a Redis to use (only keys under abe-redis-bench:* are written)")
+    bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
+    bench.add_argument("--count", type=int, help="messages per publish workload (default 60000)")
+    bench.add_argument("--skip", action="append", metavar="WORD", help="skip workloads naming WORD")
+    bench.add_argument("--json", default="abe-redis-bench.json", help="where to write the figures")
+    bench.add_argument("--svg", help="also draw the figures as an SVG bar chart here")
+    bench.add_argument("--from-json", metavar="PATH", help="only print (and draw) figures written before")
+    bench.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace, console: Console) -> int:
+    from . import _bench  # imported on use: the other commands need none of it
+
+    return _bench.run(args, console)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_verify,
     _add_info,
     _add_tail,
     _add_dlq,
+    _add_bench,
 ]
 
 
