@@ -1,0 +1,219 @@
+"""A simulated network between the backend and an in-process fakeredis server.
+
+Every connection a redis-py pool opens during a simulation is a :class:`SimConnection`: a
+fakeredis connection (no socket) that first asks the :class:`SimNetwork` what happens to each
+command and each reply. The network decides, with the seed's generator:
+
+* a reply lost after the command ran (the connection drops; redis-py retries the command);
+* a connection reset before the command was sent (it never ran);
+* latency: each connection has its own base delay plus jitter per message, so replies on
+  different connections overtake each other;
+* partitions: for a while, connects are refused and every command or reply is lost;
+* a restart without persistence: the data is flushed and every open connection is dropped;
+* a killed process: its connections never reach the server again.
+
+Connections belong to a *node* (a simulated process), read from :data:`current_node` when the
+connection is made; tasks inherit it, so everything a process starts speaks as that process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio.connection as redis_connection
+from fakeredis.aioredis import FakeAsyncRedisConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+__all__ = ["LinkFaults", "SimConnection", "SimNetwork", "current_node", "sim_connections"]
+
+current_node: contextvars.ContextVar[str] = contextvars.ContextVar("abe_redis_sim_node", default="main")
+"""The simulated process that the running task belongs to."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFaults:
+    """Per-message probabilities and delays of the links (all zero: a perfect network)."""
+
+    lose_reply: float = 0.0
+    reset_before_send: float = 0.0
+    base_latency_ms: float = 0.0
+    """Upper bound of a connection's fixed one-way delay (drawn per connection)."""
+    jitter_ms: float = 0.0
+    """Upper bound of the extra delay drawn per message."""
+
+
+class SimNetwork:
+    """What the links do; the run's trace records each fault it injects."""
+
+    def __init__(
+        self,
+        server: Any,
+        rng: random.Random,
+        faults: LinkFaults,
+        *,
+        now: Callable[[], float],
+        record: Callable[[str], None],
+        version: tuple[int, ...] = (7, 4),
+    ) -> None:
+        self.server = server
+        self.version = version
+        self.faults = faults
+        self._rng = rng
+        self._now = now
+        self._record = record
+        self.generation = 0
+        """Bumped by a restart: connections of an older generation are gone."""
+        self.partitioned_until = -1.0
+        self.dead_nodes: set[str] = set()
+        self.injected: dict[str, int] = {}
+        self.commands: dict[str, int] = {}
+        self._connections = 0
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def connection_latency(self) -> float:
+        self._connections += 1
+        bound = self.faults.base_latency_ms
+        return self._rng.uniform(0.0, bound) / 1000 if bound else 0.0
+
+    def delay(self, base: float) -> float:
+        jitter = self.faults.jitter_ms
+        return base + (self._rng.uniform(0.0, jitter) / 1000 if jitter else 0.0)
+
+    def partitioned(self) -> bool:
+        return self._now() < self.partitioned_until
+
+    def _count(self, kind: str, node: str, command: str) -> None:
+        self.injected[kind] = self.injected.get(kind, 0) + 1
+        self._record(f"net {kind} {node} {command}")
+
+    def refuse_connect(self, node: str) -> bool:
+        return node in self.dead_nodes or self.partitioned()
+
+    def drop_before_send(self, connection: SimConnection, command: str) -> bool:
+        if connection.node in self.dead_nodes or connection.generation != self.generation:
+            return True
+        if self.partitioned():
+            self._count("partition-drop", connection.node, command)
+            return True
+        if self.faults.reset_before_send and self._rng.random() < self.faults.reset_before_send:
+            self._count("reset", connection.node, command)
+            return True
+        return False
+
+    def drop_reply(self, connection: SimConnection) -> bool:
+        command = connection.last_command
+        if connection.node in self.dead_nodes or connection.generation != self.generation:
+            return True
+        if self.partitioned():
+            self._count("partition-lost-reply", connection.node, command)
+            return True
+        if self.faults.lose_reply and self._rng.random() < self.faults.lose_reply:
+            self._count("lost-reply", connection.node, command)
+            return True
+        return False
+
+    # -- whole-system faults -------------------------------------------------------------
+
+    def partition(self, seconds: float) -> None:
+        self.partitioned_until = max(self.partitioned_until, self._now() + seconds)
+        self._record(f"fault partition {seconds:.3f}s")
+
+    def restart(self) -> None:
+        """Restart without persistence: every key is gone, every open connection dropped."""
+        import fakeredis
+
+        self.generation += 1
+        fakeredis.FakeRedis(server=self.server).flushall()
+        self._record("fault restart")
+
+    def kill(self, node: str) -> None:
+        self.dead_nodes.add(node)
+        self._record(f"fault kill {node}")
+
+
+def _command_name(command: Any) -> str:
+    first = command[0] if isinstance(command, list | tuple) else command
+    if isinstance(first, str):
+        first = first.encode()
+    parts = bytes(first).split(b"\r\n", 3)
+    return parts[2].decode("ascii", "replace").upper() if len(parts) > 2 else "?"
+
+
+class SimConnection(FakeAsyncRedisConnection):
+    """A fakeredis connection that passes every command and reply through a :class:`SimNetwork`."""
+
+    def __init__(self, *args: Any, network: SimNetwork, node: str, **kwargs: Any) -> None:
+        super().__init__(*args, server=network.server, version=network.version, **kwargs)
+        self.network = network
+        self.node = node
+        self.generation = network.generation
+        self.latency = network.connection_latency()
+        self.last_command = ""
+
+    async def _connect(self) -> None:
+        network = self.network
+        if network.refuse_connect(self.node):
+            raise RedisConnectionError(f"simulated: connection refused ({self.node})")
+        await super()._connect()
+        self.generation = network.generation
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        network = self.network
+        self.last_command = name = _command_name(command)
+        network.commands[name] = network.commands.get(name, 0) + 1
+        if self.latency or network.faults.jitter_ms:
+            await asyncio.sleep(network.delay(self.latency))
+        if self.is_connected and network.drop_before_send(self, name):
+            await self.disconnect()
+            raise RedisConnectionError(f"simulated: connection reset before {name} was sent")
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        try:
+            response = await super().read_response(**kwargs)
+        except ResponseError as exc:
+            # fakeredis answers XREADGROUP on a missing key with XGROUP's "requires the key to
+            # exist"; Redis answers NOGROUP. Simulate Redis, not the fake's wording.
+            if self.last_command == "XREADGROUP" and str(exc).startswith("The XGROUP subcommand requires"):
+                raise ResponseError(
+                    "NOGROUP No such key or consumer group in XREADGROUP with GROUP option"
+                ) from None
+            raise
+        network = self.network
+        if self.latency or network.faults.jitter_ms:
+            await asyncio.sleep(network.delay(self.latency))
+        if network.drop_reply(self):
+            await self.disconnect()
+            raise RedisConnectionError(f"simulated: reply to {self.last_command} lost")
+        return response
+
+
+@contextlib.contextmanager
+def sim_connections(network: SimNetwork) -> Iterator[None]:
+    """Every redis-py asyncio pool makes :class:`SimConnection` s on ``network`` within the block,
+    whatever the backend's own client setup (URL, retries, timeouts) asked for."""
+    pool_class = redis_connection.ConnectionPool
+    original = pool_class.make_connection
+
+    def make_connection(pool: Any) -> SimConnection:
+        kwargs = dict(pool.connection_kwargs)
+        for name in ("host", "port", "path", "ssl", "ssl_cert_reqs", "ssl_ca_certs", "socket_keepalive"):
+            kwargs.pop(name, None)
+        # redis-py's idle health check reads its PING reply out of order from a fake socket;
+        # the simulation drops idle connections its own way (restart, partition).
+        kwargs["health_check_interval"] = 0
+        return SimConnection(network=network, node=current_node.get(), **kwargs)
+
+    pool_class.make_connection = make_connection  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        pool_class.make_connection = original  # type: ignore[method-assign]
