@@ -32,6 +32,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"Toxiproxy API URL for the chaos fixtures (also env {URL_ENV}). If nothing answers "
         "GET /version there, the embedded Toxiproxy-compatible server is started instead.",
     )
+    add_option(
+        parser,
+        "toxiproxy-seed",
+        "Seed for the embedded Toxiproxy's randomness (latency jitter, toxicity draws, slicer "
+        "sizes), to replay a run's choices. Default: random. A real Toxiproxy ignores it.",
+        kind="int",
+    )
 
 
 def configured_toxiproxy_url(config: pytest.Config) -> str | None:
@@ -59,6 +66,7 @@ def toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[ToxiproxyEndpoint]
     /version``, otherwise the embedded server started for this session (and stopped after it).
 
     ``.embedded`` tells which; ``.note`` says why; ``.client`` is a :class:`ToxiproxyClient`.
+    ``--abe-redis-toxiproxy-seed`` fixes the embedded server's randomness.
     """
     url = configured_toxiproxy_url(pytestconfig)
     note = "no Toxiproxy URL configured"
@@ -70,7 +78,7 @@ def toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[ToxiproxyEndpoint]
             )
             return
         note = detail
-    with EmbeddedToxiproxy() as server:
+    with EmbeddedToxiproxy(seed=get_option(pytestconfig, "toxiproxy-seed")) as server:
         client = ToxiproxyClient(server.url)
         yield ToxiproxyEndpoint(server.url, client, embedded=True, version=client.version(), note=note)
 

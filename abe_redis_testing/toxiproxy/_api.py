@@ -1,4 +1,4 @@
-"""Toxiproxy 2.x's HTTP API over a minimal HTTP/1.1 server on asyncio streams.
+"""Toxiproxy 2.x's HTTP API: routes and handlers, independent of the HTTP server (see ``_http``).
 
 Routes, status codes and bodies follow Toxiproxy's ``api.go``: JSON success bodies, errors as
 ``{"error": ..., "status": ...}`` (sent, like Go's ``http.Error``, as ``text/plain`` with a
@@ -8,8 +8,6 @@ with the wrong method.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -25,22 +23,6 @@ log = logging.getLogger("abe_redis_testing.toxiproxy")
 
 # The Toxiproxy release whose API this server implements.
 API_VERSION = "2.12.0"
-
-MAX_HEADER_BYTES = 64 * 1024
-MAX_BODY_BYTES = 8 * 1024 * 1024
-
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    413: "Request Entity Too Large",
-    500: "Internal Server Error",
-}
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -65,13 +47,20 @@ def error_response(error: ApiError) -> Response:
 Handler = Callable[["ToxiproxyApi", dict[str, str], bytes], Awaitable[Response]]
 
 
+def _refuse_constant(name: str) -> Any:
+    # Go's JSON has no NaN or Infinity; accepting them would let NaN reach a toxicity.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
 def _decode(body: bytes) -> Any:
     if not body.strip():
         raise bad_request("EOF")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(str(exc)) from None
+    except RecursionError:
+        raise bad_request("JSON nested too deeply") from None
 
 
 class ToxiproxyApi:
@@ -203,111 +192,3 @@ class ToxiproxyApi:
     async def version(self, params: dict[str, str], body: bytes) -> Response:
         payload = json.dumps({"version": API_VERSION}) + "\n"
         return Response(200, payload.encode(), "application/json;charset=utf-8")
-
-
-class HttpServer:
-    """Serves :class:`ToxiproxyApi` over HTTP/1.1 with keep-alive (``requests`` reuses sockets)."""
-
-    def __init__(self, api: ToxiproxyApi) -> None:
-        self.api = api
-        self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.StreamWriter] = set()
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
-        sockname = self._server.sockets[0].getsockname()
-        return sockname[0], sockname[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._clients):
-            writer.transport.abort()
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 5.0)
-            self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients.add(writer)
-        try:
-            while await self._serve_one(reader, writer):
-                pass
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
-        finally:
-            self._clients.discard(writer)
-            writer.transport.abort()
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return False
-        if len(head) > MAX_HEADER_BYTES:
-            return False
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3:
-            await self._send(writer, Response(400, b"400 Bad Request\n", TEXT_TYPE), keep_alive=False)
-            return False
-        method, target, version = parts
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        if headers.get("expect", "").lower() == "100-continue":
-            # curl asks before sending bodies over 1 KB; without this it stalls for a second.
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await writer.drain()
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await self._read_chunked(reader)
-        else:
-            length = int(headers.get("content-length", "0") or "0")
-            if length > MAX_BODY_BYTES:
-                await self._send(writer, Response(413), keep_alive=False)
-                return False
-            body = await reader.readexactly(length) if length else b""
-        connection = headers.get("connection", "").lower()
-        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        response = await self.api.dispatch(method.upper(), target, headers, body)
-        await self._send(writer, response, keep_alive=keep_alive, head_only=method.upper() == "HEAD")
-        return keep_alive
-
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        body = bytearray()
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";")[0].strip(), 16)
-            if size == 0:
-                # Trailers end with an empty line.
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass
-                return bytes(body)
-            body += await reader.readexactly(size)
-            await reader.readexactly(2)
-            if len(body) > MAX_BODY_BYTES:
-                raise ValueError("request body too large")
-
-    @staticmethod
-    async def _send(
-        writer: asyncio.StreamWriter, response: Response, *, keep_alive: bool, head_only: bool = False
-    ) -> None:
-        reason = _REASONS.get(response.status, "Unknown")
-        lines = [f"HTTP/1.1 {response.status} {reason}"]
-        if response.content_type:
-            lines.append(f"Content-Type: {response.content_type}")
-        if response.status != 204:
-            lines.append(f"Content-Length: {len(response.body)}")
-        lines.append("Server: abe-redis-toxiproxy")
-        lines.extend(f"{key}: {value}" for key, value in response.headers.items())
-        if not keep_alive:
-            lines.append("Connection: close")
-        payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        if response.status != 204 and not head_only:
-            payload += response.body
-        writer.write(payload)
-        await writer.drain()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import struct
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ._toxics import (
     ToxicInputError,
     ToxicSpec,
     cannot_unmarshal,
+    check_toxicity,
     parse_attributes,
     run_stage,
 )
@@ -117,9 +119,11 @@ class _Link:
         specs: list[ToxicSpec],
         source: asyncio.StreamReader,
         dest: asyncio.StreamWriter,
+        rng: random.Random,
     ) -> None:
         self.direction = direction
         self.connection = connection
+        self.rng = rng
         self.dest = dest
         self._source = source
         self._closed = False
@@ -127,7 +131,7 @@ class _Link:
         self._input = channels[0]
         self._output = channels[-1]
         self._stages = [
-            _Stage(spec, Stub(channels[i], channels[i + 1], connection.reset))
+            _Stage(spec, Stub(channels[i], channels[i + 1], connection.reset, rng))
             for i, spec in enumerate([None, *specs])
         ]
         self._tasks: list[asyncio.Task[None]] = []
@@ -170,7 +174,7 @@ class _Link:
         last = self._stages[-1]
         alive = await self._interrupt(last)
         new_input = Channel()
-        stage = _Stage(spec, Stub(new_input, last.stub.output, self.connection.reset))
+        stage = _Stage(spec, Stub(new_input, last.stub.output, self.connection.reset, self.rng))
         self._stages.append(stage)
         if not alive:
             stage.stub.closed = True
@@ -248,9 +252,14 @@ class _Connection:
     ) -> None:
         self.proxy = proxy
         self._writers = (client[1], upstream[1])
+        # Each direction draws from its own generator, seeded from the proxy's in accept order,
+        # so one direction's traffic does not shift the other's random choices.
+        up_rng, down_rng = (random.Random(proxy.rng.getrandbits(64)) for _ in range(2))
         self.links = {
-            "upstream": _Link(self, "upstream", proxy.chain("upstream"), client[0], upstream[1]),
-            "downstream": _Link(self, "downstream", proxy.chain("downstream"), upstream[0], client[1]),
+            "upstream": _Link(self, "upstream", proxy.chain("upstream"), client[0], upstream[1], up_rng),
+            "downstream": _Link(
+                self, "downstream", proxy.chain("downstream"), upstream[0], client[1], down_rng
+            ),
         }
         self._finished = 0
         self.closed = False
@@ -292,7 +301,8 @@ class _Connection:
 
 
 class Proxy:
-    def __init__(self, name: str, listen: str, upstream: str) -> None:
+    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.Random()
         self.name = name
         self.listen = listen
         self.upstream = upstream
@@ -398,7 +408,7 @@ class Proxy:
             attributes = parse_attributes(spec.type, body.get("attributes"), spec.attributes)
         except ToxicInputError as exc:
             raise bad_request(str(exc)) from None
-        toxicity = number_field(body, "toxicity", spec.toxicity)
+        toxicity = _toxicity(body, spec.toxicity)
         spec.attributes = attributes
         spec.toxicity = toxicity
         await asyncio.gather(*(link.update(spec) for link in self._live_links(spec.stream)))
@@ -442,6 +452,13 @@ def bool_field(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _toxicity(body: dict[str, Any], default: float) -> float:
+    try:
+        return check_toxicity(number_field(body, "toxicity", default))
+    except ToxicInputError as exc:
+        raise bad_request(str(exc)) from None
+
+
 def _parse_new_toxic(body: Any, proxy: Proxy) -> ToxicSpec:
     # Same order of checks as Toxiproxy, so the same bad input gets the same error.
     if not isinstance(body, dict):
@@ -449,7 +466,7 @@ def _parse_new_toxic(body: Any, proxy: Proxy) -> ToxicSpec:
     name = string_field(body, "name", "")
     toxic_type = string_field(body, "type", "")
     stream = string_field(body, "stream", "downstream").lower()
-    toxicity = number_field(body, "toxicity", 1.0)
+    toxicity = _toxicity(body, 1.0)
     if stream not in STREAMS:
         raise ApiError(*INVALID_STREAM)
     if not name:
@@ -468,8 +485,14 @@ def _parse_new_toxic(body: Any, proxy: Proxy) -> ToxicSpec:
 class ProxyCollection:
     """All proxies of one server, in creation order."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         self.proxies: dict[str, Proxy] = {}
+        # The root of all randomness the toxics use: with a seed, the same proxies, connections
+        # and traffic draw the same jitter, toxicity and slice sizes on every run.
+        self.rng = random.Random(seed)
+
+    def _new_proxy(self, name: str, listen: str, upstream: str) -> Proxy:
+        return Proxy(name, listen, upstream, random.Random(self.rng.getrandbits(64)))
 
     def get(self, name: str) -> Proxy:
         try:
@@ -490,7 +513,7 @@ class ProxyCollection:
             raise missing_field("upstream")
         if name in self.proxies:
             raise ApiError(*PROXY_EXISTS)
-        proxy = Proxy(name, listen or "127.0.0.1:0", upstream)
+        proxy = self._new_proxy(name, listen or "127.0.0.1:0", upstream)
         if enabled:
             await proxy.start()
         # Re-check: another request may have taken the name while this one was binding.
@@ -534,7 +557,7 @@ class ProxyCollection:
                     continue
                 await existing.stop()
                 del self.proxies[name]
-            proxy = Proxy(name, listen, upstream)
+            proxy = self._new_proxy(name, listen, upstream)
             if enabled:
                 await proxy.start()
             self.proxies[name] = proxy

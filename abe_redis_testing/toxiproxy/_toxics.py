@@ -30,6 +30,21 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 }
 
 TOXIC_TYPES: tuple[str, ...] = tuple(ATTRIBUTES)
+
+# Upper bounds per attribute (all must also be >= 0). Toxiproxy keeps int64s; the bounds here are
+# what a test could mean, far above any real use, and low enough that no toxic can wedge the
+# server (an hour of delay, a gigabyte per slice, a terabyte of data).
+_HOUR_MS = 3_600_000
+ATTRIBUTE_MAX: dict[str, int] = {
+    "latency": _HOUR_MS,
+    "jitter": _HOUR_MS,
+    "rate": 10**9,  # KB/s
+    "delay": _HOUR_MS,  # ms for slow_close; slicer's delay is in microseconds (checked below)
+    "timeout": _HOUR_MS,
+    "average_size": 2**30,
+    "size_variation": 2**30,
+    "bytes": 2**40,
+}
 STREAMS: tuple[str, ...] = ("upstream", "downstream")
 
 # A channel holds at most this many chunks before its producer waits: enough for latency to be
@@ -91,7 +106,23 @@ def parse_attributes(toxic_type: str, raw: Any, base: dict[str, int] | None = No
                 )
             value = int(value)
         result[name] = value
+    check_ranges(toxic_type, result)
     return result
+
+
+def check_ranges(toxic_type: str, attributes: dict[str, int]) -> None:
+    """Reject values no toxic can honour: negatives, absurd sizes and delays."""
+    for name, value in attributes.items():
+        limit = ATTRIBUTE_MAX[name] * (1000 if (toxic_type, name) == ("slicer", "delay") else 1)
+        if not 0 <= value <= limit:
+            raise ToxicInputError(f"attribute {name}={value} is out of range: expected 0 to {limit}")
+
+
+def check_toxicity(value: float) -> float:
+    """A probability: 0 to 1; NaN and infinities are refused."""
+    if not 0.0 <= value <= 1.0:
+        raise ToxicInputError(f"toxicity={value} is out of range: expected 0 to 1")
+    return value
 
 
 def cannot_unmarshal(value: Any, target: str) -> str:
@@ -170,6 +201,8 @@ class Stub:
     input: Channel
     output: Channel
     reset_connection: Callable[[], None]
+    # This link's share of the server's seeded randomness (jitter, toxicity, slice sizes).
+    rng: random.Random = field(default_factory=random.Random)
     state: dict[str, Any] = field(default_factory=dict)
     held: Chunk | None = None
     closed: bool = False
@@ -216,7 +249,7 @@ async def _latency(spec: ToxicSpec, stub: Stub) -> None:
         delay = spec.attributes["latency"]
         jitter = spec.attributes["jitter"]
         if jitter > 0:
-            delay += random.randrange(2 * jitter) - jitter
+            delay += stub.rng.randrange(2 * jitter) - jitter
         sleep = delay / 1000.0 - (loop.time() - chunk.arrived)
         if sleep > 0:
             await asyncio.sleep(sleep)
@@ -301,15 +334,20 @@ async def _reset_peer(spec: ToxicSpec, stub: Stub) -> None:
 
 def slice_offsets(size: int, average: int, variation: int, rng: random.Random | None = None) -> list[int]:
     """Cut points splitting ``size`` bytes into pieces of about ``average`` +/- ``variation``
-    bytes, halving recursively so no end of the buffer favours small pieces."""
+    bytes, halving recursively so no end of the buffer favours small pieces.
+
+    Every split leaves two non-empty pieces, so it ends for any input (a piece of one byte is
+    never split again).
+    """
     rand = rng or random
+    variation = max(variation, 0)
     if average <= 0:
         return [0, size]
     cuts = [0]
     pending = [(0, size)]
     while pending:
         start, end = pending.pop()
-        if (end - start) - average <= variation:
+        if end - start <= 1 or (end - start) - average <= variation:
             cuts.append(end)
             continue
         mid = start + (end - start) // 2
@@ -329,7 +367,7 @@ async def _slicer(spec: ToxicSpec, stub: Stub) -> None:
             stub.close()
             return
         attrs = spec.attributes
-        cuts = slice_offsets(len(chunk.data), attrs["average_size"], attrs["size_variation"])
+        cuts = slice_offsets(len(chunk.data), attrs["average_size"], attrs["size_variation"], stub.rng)
         data = chunk.data
         for left, right in itertools.pairwise(cuts):
             rest = Chunk(data[right:], chunk.arrived) if right < len(data) else None
@@ -379,7 +417,7 @@ async def run_stage(spec: ToxicSpec | None, stub: Stub) -> None:
     Toxicity is drawn on every (re)start, as in Toxiproxy: per connection and direction.
     """
     try:
-        if spec is None or random.random() >= spec.toxicity:
+        if spec is None or stub.rng.random() >= spec.toxicity:
             await _noop(spec, stub)
         else:
             await PIPES[spec.type](spec, stub)

@@ -15,7 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from ._api import API_VERSION, HttpServer, ToxiproxyApi
+from ._api import API_VERSION, ToxiproxyApi
+from ._http import HttpServer
 from ._proxy import ApiError, ProxyCollection
 
 log = logging.getLogger("abe_redis_testing.toxiproxy")
@@ -28,8 +29,8 @@ START_TIMEOUT = 10.0
 class _Runtime:
     """The collection plus its HTTP server, living on one event loop."""
 
-    def __init__(self) -> None:
-        self.collection = ProxyCollection()
+    def __init__(self, seed: int | None = None) -> None:
+        self.collection = ProxyCollection(seed)
         self.http = HttpServer(ToxiproxyApi(self.collection))
 
     async def start(self, host: str, port: int, config: Any = None) -> tuple[str, int]:
@@ -54,11 +55,15 @@ class EmbeddedToxiproxy:
     """A Toxiproxy-2.x-compatible server whose asyncio loop runs in its own daemon thread, so
     synchronous clients (``requests``-based toxiproxy-python, blocking test code) can use it.
 
-    >>> with EmbeddedToxiproxy() as server:   # doctest: +SKIP
-    ...     print(server.url)                 # http://127.0.0.1:<free port>
+    ``seed`` fixes the toxics' randomness (latency jitter, toxicity draws, slicer sizes): the
+    same seed, proxies and traffic give the same choices. ``None`` seeds from the OS.
+
+    >>> with EmbeddedToxiproxy(seed=42) as server:   # doctest: +SKIP
+    ...     print(server.url)                        # http://127.0.0.1:<free port>
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = 0) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, port: int = 0, *, seed: int | None = None) -> None:
+        self.seed = seed
         self._requested = (host, port)
         self._address: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
@@ -142,7 +147,7 @@ class EmbeddedToxiproxy:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        runtime = _Runtime()
+        runtime = _Runtime(self.seed)
         try:
             self._address = await runtime.start(*self._requested)
         except BaseException as exc:
@@ -157,15 +162,16 @@ class EmbeddedToxiproxy:
             await runtime.close()
 
 
-async def _serve_forever(host: str, port: int, config: Any) -> None:
-    runtime = _Runtime()
+async def _serve_forever(host: str, port: int, config: Any, seed: int | None) -> None:
+    runtime = _Runtime(seed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     bound_host, bound_port = await runtime.start(host, port, config)
     print(
-        f"abe-redis-toxiproxy (Toxiproxy {API_VERSION} API) listening on http://{bound_host}:{bound_port}",
+        f"abe-redis-toxiproxy (Toxiproxy {API_VERSION} API) listening on http://{bound_host}:{bound_port}"
+        + (f" (seed {seed})" if seed is not None else ""),
         flush=True,
     )
     try:
@@ -184,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"API host (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
     parser.add_argument("--config", type=Path, help="JSON file with a list of proxies to populate at start")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="seed for the toxics' randomness (jitter, toxicity, slice sizes); default: random",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log proxy and connection events")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -198,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"abe-redis-toxiproxy: cannot read config {args.config}: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(_serve_forever(args.host, args.port, config))
+        asyncio.run(_serve_forever(args.host, args.port, config, args.seed))
     except ApiError as exc:
         print(f"abe-redis-toxiproxy: {exc.message}", file=sys.stderr)
         return 1
