@@ -82,8 +82,11 @@ def test_removing_latency_delivers_the_held_data_at_once(proxy: Proxy, client: T
     with connect(proxy.address, timeout=4.0) as sock:
         started = time.perf_counter()
         sock.sendall(b"held")
-        # Wait until the echo is certainly sitting in the latency toxic, then remove it.
-        time.sleep(0.1)
+        # The echo is held: nothing arrives for a while (a recv that times out proves it).
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(4)
+        sock.settimeout(4.0)
         client.remove_toxic(proxy.name, "latency_downstream")
         assert recv_exactly(sock, 4) == b"held"
         assert time.perf_counter() - started < 4.0
