@@ -13,6 +13,7 @@ The cluster is built with ``CLUSTER ADDSLOTSRANGE`` / ``MEET`` / ``REPLICATE`` r
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,7 @@ _POLL_S = 0.05
 # A replica's first sync starts at once instead of after the default 5 s diskless-sync delay,
 # which would otherwise dominate every boot and every restart.
 _FAST_SYNC = ("repl-diskless-sync-delay 0",)
+_UNKNOWN_ACL_COMMAND = re.compile(r"modifier '\+([^']+)': Unknown command")
 _SENTINEL_PERIODS = ("INFO-PERIOD", "500", "PUBLISH-PERIOD", "500")
 
 
@@ -830,6 +832,8 @@ class AclUser:
     port: int
     rules: tuple[str, ...] = field(default=())
     db: int = 0
+    unknown_commands: tuple[str, ...] = ()
+    """Requested commands this server does not have, left out of ``rules``."""
 
     @property
     def url(self) -> str:
@@ -859,8 +863,21 @@ def create_acl_user(
     """Create (or redefine) ``username`` on ``server`` with :func:`acl_rules`; a random password
     unless one is given. The admin connection is the server's own (its ``password``, if any)."""
     secret = password if password is not None else secrets.token_urlsafe(18)
-    rules = acl_rules(key_prefix, commands=commands, channels=channels)
-    _command(server, "ACL", "SETUSER", username, *rules, "on", f">{secret}")
+    wanted = list(commands)
+    unknown: list[str] = []
+    while True:
+        rules = acl_rules(key_prefix, commands=wanted, channels=channels)
+        try:
+            _command(server, "ACL", "SETUSER", username, *rules, "on", f">{secret}")
+            break
+        except redis.ResponseError as exc:
+            # An older server lacks a newer command (CLIENT SETINFO is 7.2+): nobody can send it
+            # there, so the user needs no right to it. Anything else is a real error.
+            refused = _UNKNOWN_ACL_COMMAND.search(str(exc))
+            if refused is None or refused.group(1) not in wanted:
+                raise
+            wanted.remove(refused.group(1))
+            unknown.append(refused.group(1))
     return AclUser(
         username=username,
         password=secret,
@@ -868,6 +885,7 @@ def create_acl_user(
         host=server.host,
         port=server.port,
         rules=tuple(rules),
+        unknown_commands=tuple(unknown),
     )
 
 
