@@ -10,18 +10,22 @@ from ._backend import RedisStreamsBackend
 from ._config import RedisConfig
 from ._errors import (
     AbeRedisError,
+    BackendClosedError,
     ConfigurationError,
     InvalidKeyError,
     InvalidPayloadError,
     PoisonMessageError,
+    RedisSetupError,
 )
 from ._message import ReceivedMessage
-from .deadletters import DeadLetter, DeadLetters
+from ._registry import StreamRegistry
+from .dead_letters import DeadLetter, DeadLetters
 
 __version__ = "0.2.0"
 
 __all__ = [
     "AbeRedisError",
+    "BackendClosedError",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetters",
@@ -30,6 +34,8 @@ __all__ = [
     "PoisonMessageError",
     "ReceivedMessage",
     "RedisConfig",
+    "RedisSetupError",
     "RedisStreamsBackend",
+    "StreamRegistry",
     "__version__",
 ]

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
+from ._broadcast import BroadcastReader
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
 from ._config import RedisConfig
-from ._connection import build_client
-from ._delivery import BroadcastReader, GroupReader
-from ._errors import ConfigurationError
+from ._connection import build_client, fatal_or_raise, is_wrong_type, setup_error
+from ._delivery import GroupReader
+from ._errors import BackendClosedError, ConfigurationError, InvalidKeyError
 from ._message import ReceivedMessage
-from ._streams import StreamDiscovery
+from ._registry import StreamRegistry
 
 log = logging.getLogger("abe_redis")
-
-_instance_ids = itertools.count(1)
 
 REREGISTER_AFTER_S = 60.0
 """A publisher re-adds a stream to the registry at least this often, in case the registry key
@@ -51,10 +47,9 @@ class RedisStreamsBackend:
         self._config = base.with_overrides(**overrides) if overrides else base
         self._client = client if client is not None else build_client(self._config)
         self._owns_client = client is None
-        self._discovery = StreamDiscovery(self._client, self._config)
-        self._instance = next(_instance_ids)
-        self._consumer_names: set[str] = set()
+        self._registry = StreamRegistry(self._client, self._config)
         self._registered: dict[str, float] = {}
+        self._registry_warned = False
         self._closed = False
 
     # -- construction --------------------------------------------------------------------
@@ -80,31 +75,67 @@ class RedisStreamsBackend:
 
     # -- the protocol ----------------------------------------------------------------------
 
+    @property
+    def registry(self) -> StreamRegistry:
+        """Register, list and retire streams (see ``abe-redis streams``)."""
+        return self._registry
+
     async def publish(self, key: str, payload: dict[str, Any]) -> None:
         """Append ``payload`` to stream ``key``.
 
         Raises :class:`~abe_redis.InvalidKeyError` or :class:`~abe_redis.InvalidPayloadError`
-        (both ``TypeError`` and ``ValueError``) before anything is written.
+        (both ``TypeError`` and ``ValueError``) before anything is written, ``InvalidKeyError``
+        too when the key holds another Redis type, and :class:`~abe_redis.RedisSetupError` when
+        Redis refuses the credentials or the user's rights.
         """
+        self._check_open()
         config = self._config
-        stream = check_key(key, reserved_suffix=config.dead_letter_suffix, registry_key=config.registry_key)
+        stream = check_key(
+            key,
+            reserved_suffix=config.dead_letter_suffix,
+            registry_key=str(config.registry_key),
+            key_prefix=config.key_prefix,
+        )
         fields: dict[Any, Any] = {PAYLOAD_FIELD: encode_payload(payload)}
         now = time.monotonic()
         registered = self._registered.get(stream)
-        if registered is not None and now - registered < REREGISTER_AFTER_S:
-            # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
-            # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
-            added = await self._client.xadd(
-                stream, fields, maxlen=config.stream_maxlen, approximate=True, nomkstream=True
+        secrets = (config.password,)
+        try:
+            if registered is not None and now - registered < REREGISTER_AFTER_S:
+                # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
+                # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
+                added = await fatal_or_raise(
+                    self._client.xadd(
+                        stream, fields, maxlen=config.stream_maxlen, approximate=True, nomkstream=True
+                    ),
+                    secrets=secrets,
+                )
+                if added is not None:
+                    return
+            await fatal_or_raise(
+                self._client.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True),
+                secrets=secrets,
             )
-            if added is not None:
-                return
-        # Not a transaction: in a cluster the registry and the stream live on different nodes.
-        # XADD goes first, so a registry failure never hides a written message from the caller.
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True)
-            pipe.sadd(config.registry_key, stream)
-            await pipe.execute()
+        except ResponseError as exc:
+            if is_wrong_type(exc):
+                raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
+            raise
+        # Registered only once the XADD succeeded. The message is written now: a failure to
+        # register must not make the caller publish it again, so it is logged, not raised.
+        try:
+            await self._registry.register(stream)
+        except RedisError as exc:
+            fatal = setup_error(exc, secrets=secrets)
+            if not self._registry_warned:
+                self._registry_warned = True
+                log.warning(
+                    "published to %s but could not add it to the stream registry %r (%s); consumers "
+                    "find it only through REDIS_STREAMS or REDIS_STREAM_PATTERN",
+                    stream,
+                    config.registry_key,
+                    fatal if fatal is not None else exc,
+                )
+            return
         if len(self._registered) >= _REGISTERED_CACHE_LIMIT:
             self._registered.clear()
         self._registered[stream] = now
@@ -123,18 +154,14 @@ class RedisStreamsBackend:
         """
         self._check_open()
         if self._config.mode == "broadcast":
-            return BroadcastReader(self._client, self._config, discovery=self._discovery).messages()
+            return BroadcastReader(self._client, self._config, registry=self._registry).messages()
         if group is not None and (not isinstance(group, str) or not group.strip()):
             raise ConfigurationError("group", group, "must be a non-empty string or None")
-        name, automatic = self._new_consumer_name()
         reader = GroupReader(
             self._client,
             self._config,
             group=group if group is not None else self._config.consumer_group,
-            consumer=name,
-            discovery=self._discovery,
-            forget_consumer=automatic,
-            on_close=lambda: self._consumer_names.discard(name),
+            registry=self._registry,
         )
         return reader.messages()
 
@@ -173,21 +200,4 @@ class RedisStreamsBackend:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this RedisStreamsBackend is closed")
-
-    def _new_consumer_name(self) -> tuple[str, bool]:
-        """A consumer name unique among this backend's live consumers.
-
-        A configured name is kept as is for the first consumer (so a restarted process resumes
-        its own pending entries at once); automatic names are unique per process and generator.
-        """
-        configured = self._config.consumer_name
-        if configured and configured not in self._consumer_names:
-            name, automatic = configured, False
-        elif configured:
-            name, automatic = f"{configured}-{len(self._consumer_names) + 1}", False
-        else:
-            name = f"{socket.gethostname()}-{os.getpid()}-{self._instance}-{uuid.uuid4().hex[:8]}"
-            automatic = True
-        self._consumer_names.add(name)
-        return name, automatic
+            raise BackendClosedError("this RedisStreamsBackend is closed")

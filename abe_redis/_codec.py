@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +21,15 @@ PAYLOAD_FIELD = "payload"
 _PAYLOAD_FIELD_BYTES = PAYLOAD_FIELD.encode()
 
 
-def check_key(key: object, *, reserved_suffix: str, registry_key: str) -> str:
+def check_key(key: object, *, reserved_suffix: str, registry_key: str, key_prefix: str | None = None) -> str:
     if not isinstance(key, str):
         raise InvalidKeyError(f"key must be a str, got {type(key).__name__}")
     if not key:
         raise InvalidKeyError("key must be a non-empty string")
     if key == registry_key:
         raise InvalidKeyError(f"key {key!r} is the stream registry's own key")
+    if key_prefix and key.startswith(key_prefix):
+        raise InvalidKeyError(f"key {key!r} is under {key_prefix!r}, the prefix of the backend's own keys")
     if key.endswith(reserved_suffix):
         raise InvalidKeyError(f"key {key!r} ends with {reserved_suffix!r}, which names dead-letter streams")
     return key
@@ -44,7 +47,10 @@ def encode_payload(payload: object) -> bytes:
     # comparison catches those lossy conversions (it is C code, cheaper than a Python walk).
     if json.loads(text) != payload:
         raise _explain(payload, fallback="does not survive a JSON round trip unchanged")
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _explain(payload, fallback="holds a lone surrogate, which UTF-8 cannot encode") from None
 
 
 def decode_fields(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
@@ -58,12 +64,37 @@ def decode_fields(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
         names = ", ".join(sorted(_text(k) for k in fields))
         raise PoisonMessageError(f"entry has no {PAYLOAD_FIELD!r} field (fields: {names})")
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PoisonMessageError(f"{PAYLOAD_FIELD!r} is not valid JSON: {exc}") from None
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise PoisonMessageError(f"{PAYLOAD_FIELD!r} nests too deeply to decode") from None
+    except PoisonMessageError:
+        raise
+    except Exception as exc:  # any decode failure is the entry's fault, never the consumer's
+        raise PoisonMessageError(f"{PAYLOAD_FIELD!r} is not valid JSON: {_short(exc)}") from None
     if not isinstance(value, dict):
         raise PoisonMessageError(f"{PAYLOAD_FIELD!r} is JSON {type(value).__name__}, not an object")
+    if _ESCAPED_SURROGATE.search(raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")):
+        # Only a \uD800-\uDFFF escape can smuggle a lone surrogate past the UTF-8 decoder;
+        # publish refuses those, so consume does too. Pairs are fine: check the decoded text.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PoisonMessageError(f"{PAYLOAD_FIELD!r} holds a lone surrogate") from None
     return value
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89abAB]")
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are not JSON; publish refuses them (allow_nan=False).
+    raise PoisonMessageError(f"{PAYLOAD_FIELD!r} holds {name}, which is not valid JSON")
+
+
+def _short(exc: BaseException, limit: int = 120) -> str:
+    # Error texts can quote the payload; keep them short so logs do not carry message bodies.
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _text(value: object) -> str:
@@ -80,7 +111,13 @@ def _explain(payload: dict[str, Any], *, fallback: str) -> InvalidPayloadError:
 
 
 def _first_problem(value: object, path: str, seen: set[int]) -> tuple[str, str] | None:
-    if value is None or isinstance(value, bool | str):
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path, "holds a lone surrogate, which UTF-8 cannot encode"
         return None
     if isinstance(value, int):
         try:

@@ -1,14 +1,17 @@
 """One typed settings object, built from the environment, a URL or keyword arguments.
 
-Every value is validated when the object is built, so a bad setting fails at start-up with an
-error that names the variable, never at the first publish.
+Each setting is declared once, in :data:`SETTINGS`: its field, its environment variable, how the
+variable is parsed and what a valid value is. Every value is validated when the object is built,
+so a bad setting fails at start-up with an error that names the variable, never at the first
+publish.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -23,6 +26,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 _STREAM_ID = re.compile(r"^(\$|0|\d+(-\d+)?)$")
 
 DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_KEY_PREFIX = "abe-redis:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,7 @@ class RedisConfig:
     ssl: bool | None = None
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: CertRequirement = "required"
+    client_name: str | None = None
     max_connections: int = 10
     pool_timeout: float = 20.0
     socket_timeout: float | None = None
@@ -46,12 +51,14 @@ class RedisConfig:
     retry_attempts: int = 5
     retry_backoff_base: float = 0.05
     retry_backoff_cap: float = 2.0
+    # Keys the backend itself owns
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    registry_key: str | None = None
     # Publishing
     stream_maxlen: int | None = None
     # Discovery
     streams: tuple[str, ...] = ()
     stream_pattern: str | None = None
-    registry_key: str = "abe-redis:streams"
     discovery_interval_ms: int = 1000
     # Consuming
     mode: ConsumeMode = "group"
@@ -60,13 +67,18 @@ class RedisConfig:
     group_start_id: str = "0"
     block_ms: int = 1000
     batch_size: int = 100
+    prefetch: int | None = None
     # Delivery guarantees
     claim_idle_ms: int = 30_000
     claim_interval_ms: int | None = None
+    sweep_streams: int = 50
     max_deliveries: int = 5
     dead_letter_suffix: str = ":dead-letter"
 
     def __post_init__(self) -> None:
+        if self.registry_key is None and isinstance(self.key_prefix, str):
+            # Frozen: the derived default is resolved once, here.
+            object.__setattr__(self, "registry_key", self.key_prefix + "streams")
         _validate(self)
 
     # -- derived values ------------------------------------------------------------------
@@ -94,11 +106,30 @@ class RedisConfig:
             return self.claim_interval_ms
         return max(100, min(self.claim_idle_ms // 2, 5_000))
 
+    @property
+    def effective_prefetch(self) -> int:
+        """How many entries one consumer may hold at once, across all its streams."""
+        return self.prefetch if self.prefetch is not None else self.batch_size
+
+    @property
+    def lease_refresh_ms(self) -> int:
+        """How often a live consumer renews the idle time of everything it holds: well inside
+        ``claim_idle_ms``, so a healthy consumer's messages are never claimable."""
+        return max(50, min(self.claim_idle_ms // 3, 10_000))
+
+    @property
+    def keys(self) -> BackendKeys:
+        return BackendKeys(self.key_prefix, str(self.registry_key))
+
     def dead_letter_stream(self, stream: str) -> str:
         return stream + self.dead_letter_suffix
 
     def is_dead_letter_stream(self, stream: str) -> bool:
         return stream.endswith(self.dead_letter_suffix)
+
+    def is_backend_key(self, key: str) -> bool:
+        """Keys the backend keeps for itself; never consumed as message streams."""
+        return key == self.registry_key or key.startswith(self.key_prefix) or self.is_dead_letter_stream(key)
 
     # -- constructors --------------------------------------------------------------------
 
@@ -108,18 +139,24 @@ class RedisConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RedisConfig:
-        """Read ``REDIS_*`` variables (see :data:`ENVIRONMENT`); keyword overrides win."""
+        """Read ``REDIS_*`` variables (see :data:`SETTINGS`); keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for name, (var, parse) in ENVIRONMENT.items():
-            raw = env.get(var)
+        for setting in SETTINGS:
+            if setting.env is None:
+                continue
+            raw = env.get(setting.env)
             if raw is None or raw.strip() == "":
                 continue
-            values[name] = parse(var, raw.strip())
+            values[setting.name] = setting.parse(setting.env, raw.strip())
         values.update(overrides)
         return cls(**values)
 
     def with_overrides(self, **overrides: Any) -> RedisConfig:
+        follows_prefix = self.registry_key == self.key_prefix + "streams"
+        if "key_prefix" in overrides and "registry_key" not in overrides and follows_prefix:
+            # The registry key followed the old prefix; let it follow the new one.
+            overrides["registry_key"] = None
         return replace(self, **overrides)
 
     def __repr__(self) -> str:
@@ -132,7 +169,43 @@ class RedisConfig:
         return f"RedisConfig({', '.join(shown)})"
 
 
-# -- environment parsing -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BackendKeys:
+    """Every key the backend writes besides the message streams and their dead letters, under one
+    prefix, so that an ACL key pattern such as ``~app:*`` covers them."""
+
+    prefix: str
+    registry: str
+
+    @property
+    def registry_version(self) -> str:
+        """Incremented whenever the registry gains or loses a stream: consumers poll this one
+        small key instead of re-reading the whole set."""
+        return self.registry + ":version"
+
+    @property
+    def retired(self) -> str:
+        return self.prefix + "retired"
+
+    @property
+    def notifications(self) -> str:
+        """A short stream announcing new streams, read inside the consumers' blocking wait."""
+        return self.prefix + "new-streams"
+
+    def consumers(self, group: str) -> str:
+        """Sorted set: consumer name -> the wall-clock ms after which it counts as gone."""
+        return f"{self.prefix}group:{group}:consumers"
+
+    def consumer_lock(self, group: str, name: str) -> str:
+        """Held (with a TTL) by the live consumer of that name; makes names unique."""
+        return f"{self.prefix}group:{group}:consumer:{name}"
+
+    def holdings(self, group: str, name: str) -> str:
+        """Set of the streams where that consumer may have pending entries."""
+        return f"{self.prefix}group:{group}:holds:{name}"
+
+
+# -- parsing -------------------------------------------------------------------------------
 
 
 def _shown(var: str, raw: str) -> str:
@@ -180,34 +253,139 @@ def _csv(var: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-ENVIRONMENT: dict[str, tuple[str, Any]] = {
-    "url": ("REDIS_URL", _str),
-    "password": ("REDIS_PASSWORD", _str),
-    "ssl": ("REDIS_SSL", _bool),
-    "ssl_ca_certs": ("REDIS_SSL_CA_CERTS", _str),
-    "ssl_cert_reqs": ("REDIS_SSL_CERT_REQS", _str),
-    "max_connections": ("REDIS_MAX_CONNECTIONS", _int),
-    "pool_timeout": ("REDIS_POOL_TIMEOUT", _float),
-    "socket_timeout": ("REDIS_SOCKET_TIMEOUT", _float),
-    "socket_connect_timeout": ("REDIS_SOCKET_CONNECT_TIMEOUT", _float),
-    "retry_attempts": ("REDIS_RETRY_ATTEMPTS", _int),
-    "stream_maxlen": ("REDIS_STREAM_MAXLEN", _optional_int),
-    "streams": ("REDIS_STREAMS", _csv),
-    "stream_pattern": ("REDIS_STREAM_PATTERN", _str),
-    "registry_key": ("REDIS_REGISTRY_KEY", _str),
-    "discovery_interval_ms": ("REDIS_DISCOVERY_INTERVAL_MS", _int),
-    "mode": ("REDIS_CONSUME_MODE", _str),
-    "consumer_group": ("REDIS_CONSUMER_GROUP", _str),
-    "consumer_name": ("REDIS_CONSUMER_NAME", _str),
-    "group_start_id": ("REDIS_GROUP_START_ID", _str),
-    "block_ms": ("REDIS_BLOCK_MS", _int),
-    "batch_size": ("REDIS_BATCH_SIZE", _int),
-    "claim_idle_ms": ("REDIS_CLAIM_IDLE_MS", _int),
-    "claim_interval_ms": ("REDIS_CLAIM_INTERVAL_MS", _int),
-    "max_deliveries": ("REDIS_MAX_DELIVERIES", _int),
-    "dead_letter_suffix": ("REDIS_DEAD_LETTER_SUFFIX", _str),
-}
-"""Field name -> (environment variable, parser)."""
+# -- checks: each returns the problem, or None when the value is fine -----------------------
+
+Check = Callable[[Any], str | None]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value: object) -> str | None:
+    return None if _is_int(value) and value >= 1 else "must be a positive integer"  # type: ignore[operator]
+
+
+def _non_negative_int(value: object) -> str | None:
+    return None if _is_int(value) and value >= 0 else "must be a non-negative integer"  # type: ignore[operator]
+
+
+def _optional_positive_int(value: object) -> str | None:
+    if value is None or (_is_int(value) and value >= 1):  # type: ignore[operator]
+        return None
+    return "must be a positive integer (or unset)"
+
+
+def _seconds(value: object) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return None if ok else "must be a positive number of seconds"
+
+
+def _optional_seconds(value: object) -> str | None:
+    return None if value is None else _seconds(value)
+
+
+def _non_empty(value: object) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _optional_non_empty(value: object) -> str | None:
+    return None if value is None else _non_empty(value)
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: object) -> str | None:
+        return None if value in choices else f"expected one of {', '.join(choices)}"
+
+    return check
+
+
+def _optional_bool(value: object) -> str | None:
+    return None if value is None or isinstance(value, bool) else "expected true or false"
+
+
+def _stream_names(value: object) -> str | None:
+    if isinstance(value, tuple) and all(isinstance(s, str) and s for s in value):
+        return None
+    return "must be a tuple of non-empty stream names"
+
+
+def _start_id(value: object) -> str | None:
+    if isinstance(value, str) and _STREAM_ID.match(value):
+        return None
+    return "expected '0' (deliver the backlog), '$' (only new) or a stream ID"
+
+
+def _url(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "must be a non-empty string"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a non-numeric or out-of-range port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    del port
+    if parts.scheme not in _SCHEMES:
+        return f"unknown scheme {parts.scheme!r}; expected one of {', '.join(s + '://' for s in _SCHEMES)}"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return f"no host in the URL; expected {parts.scheme}://host[:port][/db]"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the path must be a database number, e.g. /0, not /{db}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: the field, its environment variable, how to parse it, what is valid."""
+
+    name: str
+    env: str | None
+    parse: Callable[[str, str], Any]
+    check: Check
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("url", "REDIS_URL", _str, _url),
+    Setting("password", "REDIS_PASSWORD", _str, lambda v: None if v is None or isinstance(v, str) else "str"),
+    Setting("ssl", "REDIS_SSL", _bool, _optional_bool),
+    Setting("ssl_ca_certs", "REDIS_SSL_CA_CERTS", _str, _optional_non_empty),
+    Setting("ssl_cert_reqs", "REDIS_SSL_CERT_REQS", _str, _one_of(*get_args(CertRequirement))),
+    Setting("client_name", "REDIS_CLIENT_NAME", _str, _optional_non_empty),
+    Setting("max_connections", "REDIS_MAX_CONNECTIONS", _int, _positive_int),
+    Setting("pool_timeout", "REDIS_POOL_TIMEOUT", _float, _seconds),
+    Setting("socket_timeout", "REDIS_SOCKET_TIMEOUT", _float, _optional_seconds),
+    Setting("socket_connect_timeout", "REDIS_SOCKET_CONNECT_TIMEOUT", _float, _seconds),
+    Setting("retry_attempts", "REDIS_RETRY_ATTEMPTS", _int, _non_negative_int),
+    Setting("retry_backoff_base", None, _float, _seconds),
+    Setting("retry_backoff_cap", None, _float, _seconds),
+    Setting("key_prefix", "REDIS_KEY_PREFIX", _str, _non_empty),
+    Setting("registry_key", "REDIS_REGISTRY_KEY", _str, _non_empty),
+    Setting("stream_maxlen", "REDIS_STREAM_MAXLEN", _optional_int, _optional_positive_int),
+    Setting("streams", "REDIS_STREAMS", _csv, _stream_names),
+    Setting("stream_pattern", "REDIS_STREAM_PATTERN", _str, _optional_non_empty),
+    Setting("discovery_interval_ms", "REDIS_DISCOVERY_INTERVAL_MS", _int, _positive_int),
+    Setting("mode", "REDIS_CONSUME_MODE", _str, _one_of(*get_args(ConsumeMode))),
+    Setting("consumer_group", "REDIS_CONSUMER_GROUP", _str, _non_empty),
+    Setting("consumer_name", "REDIS_CONSUMER_NAME", _str, _optional_non_empty),
+    Setting("group_start_id", "REDIS_GROUP_START_ID", _str, _start_id),
+    Setting("block_ms", "REDIS_BLOCK_MS", _int, _positive_int),
+    Setting("batch_size", "REDIS_BATCH_SIZE", _int, _positive_int),
+    Setting("prefetch", "REDIS_PREFETCH", _optional_int, _optional_positive_int),
+    Setting("claim_idle_ms", "REDIS_CLAIM_IDLE_MS", _int, _non_negative_int),
+    Setting("claim_interval_ms", "REDIS_CLAIM_INTERVAL_MS", _int, _optional_positive_int),
+    Setting("sweep_streams", "REDIS_SWEEP_STREAMS", _int, _positive_int),
+    Setting("max_deliveries", "REDIS_MAX_DELIVERIES", _int, _positive_int),
+    Setting("dead_letter_suffix", "REDIS_DEAD_LETTER_SUFFIX", _str, _non_empty),
+)
+"""Every setting, declared once."""
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+ENVIRONMENT: dict[str, tuple[str, Any]] = {s.name: (s.env, s.parse) for s in SETTINGS if s.env is not None}
+"""Field name -> (environment variable, parser), for settings that have a variable."""
 
 
 def env_var(field_name: str) -> str:
@@ -217,77 +395,29 @@ def env_var(field_name: str) -> str:
 # -- validation --------------------------------------------------------------------------
 
 
+def _setting_name(name: str) -> str:
+    setting = _BY_NAME.get(name)
+    return f"{setting.env} ({name})" if setting is not None and setting.env else name
+
+
 def _fail(config: RedisConfig, name: str, problem: str) -> None:
     value: object = getattr(config, name)
     if name == "url":
-        value = config.redacted_url
+        value = config.redacted_url if isinstance(value, str) else value
     elif name == "password":
         value = MASK
     raise ConfigurationError(_setting_name(name), value, problem)
 
 
-def _setting_name(name: str) -> str:
-    var = ENVIRONMENT.get(name)
-    return f"{var[0]} ({name})" if var else name
-
-
-def _validate(c: RedisConfig) -> None:
-    if not isinstance(c.url, str) or not c.url:
-        _fail(c, "url", "must be a non-empty string")
-    try:
-        scheme = urlsplit(c.url).scheme
-        port = urlsplit(c.url).port  # raises on a non-numeric port
-    except ValueError as exc:
-        raise ConfigurationError(_setting_name("url"), c.redacted_url, f"not a valid URL ({exc})") from None
-    del port
-    if scheme not in _SCHEMES:
+def _validate(config: RedisConfig) -> None:
+    for setting in SETTINGS:
+        problem = setting.check(getattr(config, setting.name))
+        if problem is not None:
+            _fail(config, setting.name, problem)
+    if config.socket_timeout is not None and config.socket_timeout <= config.block_ms / 1000:
         _fail(
-            c, "url", f"unknown scheme {scheme!r}; expected one of {', '.join(s + '://' for s in _SCHEMES)}"
-        )
-    if c.ssl_cert_reqs not in get_args(CertRequirement):
-        _fail(c, "ssl_cert_reqs", f"expected one of {', '.join(get_args(CertRequirement))}")
-    if c.mode not in get_args(ConsumeMode):
-        _fail(c, "mode", f"expected one of {', '.join(get_args(ConsumeMode))}")
-    for name in ("max_connections", "batch_size", "max_deliveries", "block_ms", "discovery_interval_ms"):
-        value = getattr(c, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(c, name, "must be a positive integer")
-    for name in ("retry_attempts", "claim_idle_ms"):
-        value = getattr(c, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            _fail(c, name, "must be a non-negative integer")
-    for name in ("stream_maxlen", "claim_interval_ms"):
-        value = getattr(c, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            _fail(c, name, "must be a positive integer (or unset)")
-    for name in (
-        "pool_timeout",
-        "socket_timeout",
-        "socket_connect_timeout",
-        "retry_backoff_base",
-        "retry_backoff_cap",
-    ):
-        value = getattr(c, name)
-        if value is None and name == "socket_timeout":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            _fail(c, name, "must be a positive number of seconds")
-    if c.socket_timeout is not None and c.socket_timeout <= c.block_ms / 1000:
-        _fail(
-            c,
+            config,
             "socket_timeout",
-            f"must be larger than the blocking read time REDIS_BLOCK_MS={c.block_ms} ms, "
+            f"must be larger than the blocking read time REDIS_BLOCK_MS={config.block_ms} ms, "
             "or every quiet read would end in a timeout",
         )
-    for name in ("consumer_group", "registry_key", "dead_letter_suffix"):
-        value = getattr(c, name)
-        if not isinstance(value, str) or not value.strip():
-            _fail(c, name, "must be a non-empty string")
-    if c.consumer_name is not None and (not isinstance(c.consumer_name, str) or not c.consumer_name.strip()):
-        _fail(c, "consumer_name", "must be a non-empty string (or unset for an automatic name)")
-    if not isinstance(c.group_start_id, str) or not _STREAM_ID.match(c.group_start_id):
-        _fail(c, "group_start_id", "expected '0' (deliver the backlog), '$' (only new) or a stream ID")
-    if not isinstance(c.streams, tuple) or not all(isinstance(s, str) and s for s in c.streams):
-        _fail(c, "streams", "must be a tuple of non-empty stream names")
-    if c.stream_pattern is not None and (not isinstance(c.stream_pattern, str) or not c.stream_pattern):
-        _fail(c, "stream_pattern", "must be a non-empty glob pattern (or unset)")

@@ -1,22 +1,39 @@
-"""Build the redis-py client for a config: one blocking pool per backend, retries with backoff.
+"""Build the redis-py clients for a config, and classify what Redis answers.
 
-The pool *waits* for a free connection (``BlockingConnectionPool``) instead of raising
-"Too many connections", so a burst of concurrent publishes queues up rather than failing.
+* One *blocking* pool per backend for short commands: a burst of concurrent publishes waits for
+  a free connection instead of failing with "Too many connections".
+* One dedicated connection per running consumer for its blocking reads
+  (:func:`dedicated_client`), so waiting consumers never hold the connections publishers need.
+* Connection errors are retried with exponential backoff and jitter (redis-py's ``Retry``) —
+  except a refused password, which no retry can fix.
 """
 
 from __future__ import annotations
 
 import ssl as ssl_module
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import EqualJitterBackoff
-from redis.exceptions import BusyLoadingError
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    NoPermissionError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._config import RedisConfig
+from ._errors import RedisSetupError
+from ._redact import redact_text
+
+T = TypeVar("T")
 
 _CERT_REQS = {
     "required": ssl_module.CERT_REQUIRED,
@@ -24,34 +41,128 @@ _CERT_REQS = {
     "none": ssl_module.CERT_NONE,
 }
 
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors a consumer backs off from and retries (after :func:`setup_error` ruled out the fatal)."""
 
-def build_client(config: RedisConfig) -> Redis:
-    """A client whose commands retry connection errors with exponential backoff and jitter."""
-    retry = Retry(
+
+class _Retry(Retry):
+    """redis-py's retry, minus authentication failures: ``AuthenticationError`` is a
+    ``ConnectionError`` to redis-py, and retrying a wrong password only delays the answer."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Awaitable[T]],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        return await super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
+def _retry(config: RedisConfig) -> Retry:
+    return _Retry(
         EqualJitterBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base),
         retries=config.retry_attempts,
         supported_errors=(RedisConnectionError, RedisTimeoutError, BusyLoadingError),
     )
+
+
+def _pool_kwargs(config: RedisConfig) -> tuple[str, dict[str, Any]]:
+    url = config.url
+    unix = urlsplit(url).scheme == "unix"
     kwargs: dict[str, Any] = {
-        "max_connections": config.max_connections,
-        "timeout": config.pool_timeout,
         "socket_timeout": config.effective_socket_timeout,
         "socket_connect_timeout": config.socket_connect_timeout,
-        "socket_keepalive": True,
         "health_check_interval": 30,
-        "retry": retry,
+        "retry": _retry(config),
         "decode_responses": False,
-        "client_name": "abe-redis",
     }
-    if config.password is not None:
-        kwargs["password"] = config.password
-    url = config.url
-    if config.use_ssl:
+    if not unix:
+        kwargs["socket_keepalive"] = True  # a TCP option: unix sockets refuse it
+    if config.client_name:
+        kwargs["client_name"] = config.client_name
+    if config.use_ssl and not unix:
         if url.startswith("redis://"):
             # REDIS_SSL=true on a redis:// URL means the same server over TLS.
             url = "rediss://" + url[len("redis://") :]
         kwargs["ssl_cert_reqs"] = _CERT_REQS[config.ssl_cert_reqs]
         if config.ssl_ca_certs:
             kwargs["ssl_ca_certs"] = config.ssl_ca_certs
-    pool = BlockingConnectionPool.from_url(url, **kwargs)
+    return url, kwargs
+
+
+def build_client(config: RedisConfig) -> Redis:
+    """The backend's shared client: a blocking pool of ``max_connections``."""
+    url, kwargs = _pool_kwargs(config)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=config.max_connections, timeout=config.pool_timeout, **kwargs
+    )
+    if config.password is not None:
+        # redis-py lets the URL's password win over keyword arguments; REDIS_PASSWORD must win.
+        pool.connection_kwargs["password"] = config.password
     return Redis(connection_pool=pool)
+
+
+def dedicated_client(client: Redis) -> Redis:
+    """A client with one connection of its own, to the same server as ``client`` (real or fake),
+    for the commands by which a consumer *takes* entries: its blocking reads and its claims.
+
+    It never retries by itself: a take whose reply was lost must surface, so that the consumer
+    takes back the entries the lost reply carried instead of leaving them stranded.
+    """
+    shared = client.connection_pool
+    kwargs = dict(shared.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    pool = ConnectionPool(connection_class=shared.connection_class, max_connections=1, **kwargs)
+    return Redis(connection_pool=pool)
+
+
+async def close_client(client: Redis) -> None:
+    await client.aclose()
+    await client.connection_pool.disconnect()
+
+
+def setup_error(exc: BaseException, *, secrets: tuple[str | None, ...] = ()) -> RedisSetupError | None:
+    """The fatal reading of ``exc``, if it is one retrying cannot fix; else ``None``."""
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        problem = "Redis refused the credentials (wrong or missing password or user)"
+    elif isinstance(exc, NoPermissionError):
+        problem = "the Redis user lacks a command or key the backend needs (ACL NOPERM)"
+    elif isinstance(exc, ResponseError) and str(exc).startswith("NOAUTH"):
+        problem = "Redis requires a password and none was given (set REDIS_PASSWORD or put it in REDIS_URL)"
+    else:
+        return None
+    error = RedisSetupError(f"{problem}: {redact_text(str(exc), secrets)}")
+    return error
+
+
+async def fatal_or_raise[T](call: Awaitable[T], *, secrets: tuple[str | None, ...] = ()) -> T:
+    """Await ``call``; a setup failure is re-raised as :class:`RedisSetupError`."""
+    try:
+        return await call
+    except RedisError as exc:
+        fatal = setup_error(exc, secrets=secrets)
+        if fatal is not None:
+            raise fatal from None
+        raise
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
+
+
+def is_wrong_type(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def is_missing_group(exc: BaseException) -> bool:
+    """NOGROUP, or Redis 7.0's answer to a *blocked* read whose stream was deleted."""
+    if not isinstance(exc, ResponseError):
+        return False
+    text = str(exc)
+    return text.startswith("NOGROUP") or text.startswith("UNBLOCKED") or "no longer exists" in text

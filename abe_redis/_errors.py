@@ -39,3 +39,13 @@ class InvalidPayloadError(AbeRedisError, TypeError, ValueError):
 
 class PoisonMessageError(AbeRedisError, ValueError):
     """A stream entry that cannot be decoded into a payload (it is dead-lettered, never yielded)."""
+
+
+class BackendClosedError(AbeRedisError, RuntimeError):
+    """The backend was closed with ``aclose()``; it publishes and consumes no more."""
+
+
+class RedisSetupError(AbeRedisError):
+    """Redis refused the backend in a way that retrying cannot fix: a wrong or missing password,
+    an ACL user without a needed command or key, or one of the backend's own keys holding the
+    wrong type. The message says which, never the secret."""

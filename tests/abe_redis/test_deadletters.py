@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from abe_redis.deadletters import DeadLetters
+from abe_redis import DeadLetters
 from abe_redis_testing import RedisBackendFactory
 
 from .helpers import take

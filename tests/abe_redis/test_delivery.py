@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from abe_redis import RedisStreamsBackend
-from abe_redis._delivery import ACK_FLUSH_S
+from abe_redis._acks import ACK_FLUSH_S
 from abe_redis_testing import RedisBackendFactory
 from abe_redis_testing.servers import RedisServer
 
@@ -77,8 +77,43 @@ async def test_consumer_cancelled_mid_handler_message_goes_to_another_consumer(
     waited = time.monotonic() - started
     assert again == {"job": "crashy"}
     assert again.delivery_count == 2
-    # Claimed only once idle for claim_idle_ms (500 ms in the test settings), not before.
-    assert waited >= 0.4
+    # Ending the task closed its consumer, which released the message: no claim timeout to wait.
+    assert waited < 0.4
+
+
+async def test_consumer_whose_task_ended_without_closing_lets_its_leases_lapse(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """A consumer kept referenced after its task ended is dead, not healthy: its messages must
+    become claimable after claim_idle_ms, not be held forever by the lease heartbeat."""
+    publisher = queue_backend_factory()
+    await publisher.publish("jobs", {"job": "stuck"})
+    kept: list[Any] = []
+    handler_started = asyncio.Event()
+
+    async def worker() -> None:
+        stream = queue_backend_factory().consume(group="workers")
+        kept.append(stream)  # referenced: never closed, never garbage-collected
+        async for _ in stream:
+            handler_started.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(worker())
+    await asyncio.wait_for(handler_started.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    started = time.monotonic()
+    rescuer = queue_backend_factory().consume(group="workers")
+    try:
+        [again] = await take(rescuer, 1)
+    finally:
+        await rescuer.aclose()
+        for stream in kept:
+            await stream.aclose()
+    assert again == {"job": "stuck"}
+    assert again.delivery_count == 2
+    # Claimed once idle for claim_idle_ms (500 ms in the test settings), not before.
+    assert time.monotonic() - started >= 0.4
 
 
 async def test_unyielded_batch_is_released_at_once_on_close(
@@ -90,14 +125,17 @@ async def test_unyielded_batch_is_released_at_once_on_close(
     first = backend.consume(group="g")
     [message] = await take(first, 1)  # the batch of 5 is read; 1 yielded
     await first.aclose()
-    # With a 60 s claim timeout only the released (never yielded) entries are claimable now.
+    # With a 60 s claim timeout, only released entries can be claimable now: all five, the one
+    # in hand included (closing cannot tell whether its handler finished).
     second = queue_backend_factory(claim_idle_ms=60_000, claim_interval_ms=100).consume(group="g")
     try:
-        rest = await take(second, 4)
+        again = await take(second, 5)
     finally:
         await second.aclose()
-    assert sorted(m["i"] for m in rest) == [1, 2, 3, 4]
     assert message["i"] == 0
+    counts = {m["i"]: m.delivery_count for m in again}
+    # Releasing counts no delivery: the four never handed out are on their first delivery.
+    assert counts == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1}
 
 
 async def test_stable_consumer_name_replays_own_pending_on_restart(
@@ -224,26 +262,55 @@ async def test_automatic_consumer_names_are_forgotten_when_idle(
     assert await client.xinfo_consumers("tidy", "g") == []
 
 
-async def test_two_consumers_of_one_backend_do_not_share_a_pending_list(
-    queue_backend_factory: RedisBackendFactory,
-) -> None:
-    backend = queue_backend_factory(consumer_name="fixed")
-    for i in range(2):
-        await backend.publish("shared", {"i": i})
-    a = backend.consume(group="g")
-    b = backend.consume(group="g")
+async def _consumer_names(client: Any, stream: str, group: str) -> list[str]:
+    return sorted(
+        (c.get(b"name") or c["name"]).decode() if isinstance(c.get(b"name") or c["name"], bytes) else c["name"]
+        for c in await client.xinfo_consumers(stream, group)
+    )
+
+
+async def test_live_consumers_never_share_a_name(queue_backend_factory: RedisBackendFactory) -> None:
+    """Consumers w, w-2, w-3 live; w-2 closes; the next one must not become a second w-3."""
+    backend = queue_backend_factory(consumer_name="w", claim_idle_ms=60_000, batch_size=1)
+    client: Any = queue_backend_factory.client()
+    for i in range(4):
+        await backend.publish("named", {"i": i})
+    consumers = [backend.consume(group="g") for _ in range(3)]
     try:
-        [from_a] = await take(a, 1)
-        client: Any = queue_backend_factory.client()
-        names = {
-            c[b"name"] if b"name" in c else c["name"] for c in await client.xinfo_consumers("shared", "g")
-        }
-        assert len(names) == 1
-        assert from_a.delivery_count == 1
-        assert b.__class__ is a.__class__
+        held = [(await take(c, 1))[0] for c in consumers]
+        assert await _consumer_names(client, "named", "g") == ["w", "w-2", "w-3"]
+        await consumers[1].aclose()  # w-2 leaves, releasing its message
+        fourth = backend.consume(group="g")
+        consumers.append(fourth)
+        [got] = await take(fourth, 1)
+        # It took the free name w-2 and the message w-2 released, never the one w-3 holds.
+        owners = {p["message_id"]: p["consumer"] for p in await client.xpending_range("named", "g", "-", "+", 10)}
+        assert b"w-2" in owners.values()
+        assert got["i"] in {held[1]["i"], 3}
+        assert got["i"] != held[2]["i"]
     finally:
-        await a.aclose()
-        await b.aclose()
+        for c in consumers:
+            await c.aclose()
+
+
+async def test_second_process_with_the_same_configured_name_is_reported(
+    queue_backend_factory: RedisBackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process's live consumer holds the name: this one says so loudly and takes w-2."""
+    client: Any = queue_backend_factory.client()
+    backend = queue_backend_factory(consumer_name="w")
+    await backend.publish("dup", {"n": 1})
+    # What another live process leaves in Redis: its name lock, held under its own token.
+    await client.set(f"{backend.config.key_prefix}group:g:consumer:w", "otherhost:4242:abc:def", px=60_000)
+    stream = backend.consume(group="g")
+    try:
+        with caplog.at_level("WARNING", logger="abe_redis"):
+            await take(stream, 1)
+    finally:
+        await stream.aclose()
+    assert "held by another live process" in caplog.text
+    assert "otherhost:4242" in caplog.text
+    assert await _consumer_names(client, "dup", "g") == ["w-2"]
 
 
 async def test_consumer_survives_server_restart(redis_server_handle: RedisServer) -> None:
@@ -263,20 +330,43 @@ async def test_consumer_survives_server_restart(redis_server_handle: RedisServer
 
 
 async def test_entry_read_but_lost_in_transit_is_taken_back_without_waiting_for_claim(
-    queue_backend_factory: RedisBackendFactory,
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An XREADGROUP whose reply was lost (and whose retry then succeeded) leaves entries in a
-    *live* consumer's pending list; they must come back long before claim_idle_ms."""
+    """An XREADGROUP that ran on the server but whose reply was lost leaves entries in a *live*
+    consumer's pending list; they must come back long before claim_idle_ms."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import abe_redis._delivery as delivery
+
+    real_dedicated = delivery.dedicated_client
+    lost = asyncio.Event()
+    armed = asyncio.Event()
+
+    def lossy_dedicated(client: Any) -> Any:
+        reader = real_dedicated(client)
+        real_read = reader.xreadgroup
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            reply = await real_read(*args, **kwargs)
+            if reply and armed.is_set() and not lost.is_set():
+                lost.set()
+                raise RedisConnectionError("connection reset while reading the reply")
+            return reply
+
+        reader.xreadgroup = read
+        return reader
+
+    monkeypatch.setattr(delivery, "dedicated_client", lossy_dedicated)
     backend = queue_backend_factory(consumer_name="worker", claim_idle_ms=60_000, claim_interval_ms=100)
     client: Any = queue_backend_factory.client()
     await backend.publish("lossy", {"n": 0})
     stream = backend.consume(group="g")
     try:
         assert await take(stream, 1) == [{"n": 0}]
+        armed.set()
         await backend.publish("lossy", {"n": 1})
-        # What a lost reply leaves behind: read for "worker" on the server, never seen by it.
-        await client.xreadgroup("g", "worker", {"lossy": ">"}, count=10)
         [recovered] = await take(stream, 1, wait_s=5)
+        assert lost.is_set()
     finally:
         await stream.aclose()
     assert recovered == {"n": 1}

@@ -1,0 +1,89 @@
+"""Acknowledgements: batched, never early, never lost.
+
+A message is acknowledged only after the caller is done with it. Acknowledgements are sent in
+batches — one ``XACK`` per stream, all streams in one round trip — when the consumer next reads
+from Redis, when a batch is full, or at most :data:`ACK_FLUSH_S` after the first was due. An
+acknowledged entry stays leased until its ``XACK`` succeeded, so a slow flush never lets a peer
+claim a handled message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ._connection import TRANSIENT_ERRORS, is_missing_group, setup_error
+from ._lease import LeaseTable
+from ._message import ReceivedMessage
+
+ACK_FLUSH_S = 0.1
+"""Handled messages are acknowledged within this long, even while the next handler runs."""
+
+
+class AckQueue:
+    def __init__(self, client: Any, *, group: str, leases: LeaseTable, batch_size: int) -> None:
+        self._client = client
+        self._group = group
+        self._leases = leases
+        self._batch_size = batch_size
+        self._due: dict[str, list[ReceivedMessage]] = {}
+        self._count = 0
+        self._since = 0.0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, message: ReceivedMessage) -> None:
+        if message.acked:
+            self._leases.drop(message.stream, (message.message_id,))
+            return
+        if not self._count:
+            self._since = time.monotonic()
+        self._due.setdefault(message.stream, []).append(message)
+        self._count += 1
+
+    def due(self) -> bool:
+        return bool(self._count) and (
+            self._count >= self._batch_size or time.monotonic() - self._since >= ACK_FLUSH_S
+        )
+
+    async def flush(self) -> None:
+        """Send every due acknowledgement. Transient failures keep them for the next flush
+        (unacknowledged is safe: at worst they are delivered again)."""
+        if not self._count:
+            return
+        due, self._due, self._count = self._due, {}, 0
+        streams = list(due)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xack(stream, self._group, *(m.message_id for m in due[stream]))
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except TRANSIENT_ERRORS:
+                self._requeue(due)
+                raise
+        failed: dict[str, list[ReceivedMessage]] = {}
+        for stream, reply in zip(streams, replies, strict=True):
+            messages = due[stream]
+            if isinstance(reply, BaseException):
+                fatal = setup_error(reply)
+                if fatal is not None:
+                    self._requeue(due)
+                    raise fatal
+                if not (isinstance(reply, ResponseError) and is_missing_group(reply)):
+                    failed[stream] = messages
+                    continue
+                # The group is gone, and its pending list with it: nothing left to acknowledge.
+            for message in messages:
+                message.acked = True
+            self._leases.drop(stream, (m.message_id for m in messages))
+        if failed:
+            self._requeue(failed)
+
+    def _requeue(self, due: dict[str, list[ReceivedMessage]]) -> None:
+        for messages in due.values():
+            for message in messages:
+                if not message.acked:
+                    self.add(message)

@@ -1,0 +1,176 @@
+"""Leases: everything a consumer holds, and keeping it held.
+
+A consumer *holds* an entry from the moment it reads or claims it until its acknowledgement
+(or dead letter) is written: buffered, inside a handler, or waiting for its ``XACK``. In Redis a
+held entry is a pending entry of this consumer whose idle time keeps growing; a peer may claim
+it once that idle time passes ``claim_idle_ms``. The lease table therefore:
+
+* **refreshes** every held entry on a timer, ``lease_refresh_ms`` (a third of ``claim_idle_ms``),
+  with one ``XCLAIM <ids…> JUSTID`` to itself per stream — the idle clock restarts and the
+  delivery counter is untouched. A healthy consumer's entries are never idle long enough to be
+  claimed, however long its handler or its buffer takes.
+* **verifies** before trusting a lease that went unrefreshed for too long (the event loop was
+  blocked): entries a peer claimed meanwhile are dropped from the buffer rather than handled twice.
+* **releases** everything on close: ``XCLAIM … IDLE <claim_idle_ms> JUSTID`` makes the entries
+  claimable at once, and entries never handed to the caller get their delivery counter set back
+  (``RETRYCOUNT``), so a release never counts as a delivery.
+
+The delivery counter Redis keeps is thus "times handed to a caller", plus one while a live
+consumer holds the entry unhanded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Lease:
+    count: int
+    """The entry's delivery counter in Redis since this consumer took it."""
+    handed: bool = False
+
+
+class LeaseTable:
+    """What one consumer holds, per stream."""
+
+    def __init__(
+        self, client: Any, *, group: str, consumer: str, claim_idle_ms: int, refresh_ms: int
+    ) -> None:
+        self._client = client
+        self._group = group
+        self.consumer = consumer
+        self._claim_idle_ms = claim_idle_ms
+        self._refresh_s = refresh_ms / 1000
+        self._held: dict[str, dict[str, Lease]] = {}
+        self._refreshed_at: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._held.values())
+
+    def streams(self) -> list[str]:
+        return [stream for stream, ids in self._held.items() if ids]
+
+    def holds(self, stream: str, entry_id: str) -> bool:
+        return entry_id in self._held.get(stream, ())
+
+    def take(self, stream: str, entries: Iterable[tuple[str, int]], *, at: float) -> None:
+        """Record entries just read or claimed (``at``: monotonic time the command was sent)."""
+        held = self._held.setdefault(stream, {})
+        for entry_id, count in entries:
+            held[entry_id] = Lease(count)
+        if stream not in self._refreshed_at or at < self._refreshed_at[stream]:
+            self._refreshed_at[stream] = at
+
+    def hand(self, stream: str, entry_id: str) -> None:
+        lease = self._held.get(stream, {}).get(entry_id)
+        if lease is not None:
+            lease.handed = True
+
+    def drop(self, stream: str, entry_ids: Iterable[str]) -> None:
+        held = self._held.get(stream)
+        if held is None:
+            return
+        for entry_id in entry_ids:
+            held.pop(entry_id, None)
+        if not held:
+            del self._held[stream]
+            self._refreshed_at.pop(stream, None)
+
+    def clear(self) -> None:
+        self._held.clear()
+        self._refreshed_at.clear()
+
+    def stale(self, stream: str) -> bool:
+        """True when the stream's leases went unrefreshed for half the claim timeout: a peer may
+        have claimed them, so :meth:`verify` before handing one out."""
+        at = self._refreshed_at.get(stream)
+        return at is not None and time.monotonic() - at > self._claim_idle_ms / 2000
+
+    async def refresh(self) -> list[tuple[str, str]]:
+        """One ``XCLAIM … JUSTID`` per stream for everything held; one round trip in all.
+
+        Streams whose leases went stale are verified instead; returns the (stream, id) pairs
+        lost to a peer meanwhile.
+        """
+        lost = [
+            (stream, entry_id)
+            for stream in self.streams()
+            if self.stale(stream)
+            for entry_id in await self.verify(stream)
+        ]
+        streams = self.streams()
+        if not streams:
+            return lost
+        sent = time.monotonic()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xclaim(stream, self._group, self.consumer, 0, list(self._held[stream]), justid=True)
+            await pipe.execute(raise_on_error=False)
+        for stream in streams:
+            if stream in self._refreshed_at:
+                self._refreshed_at[stream] = sent
+        return lost
+
+    async def verify(self, stream: str) -> list[str]:
+        """Re-check ownership of a stale stream's leases; drop and return the ids lost to a peer.
+
+        Claiming with ``min-idle-time = 0`` would steal back what a peer has rightly claimed, so
+        ownership is read first (``XPENDING`` per entry) and only what is still ours is renewed.
+        """
+        held = self._held.get(stream)
+        if not held:
+            return []
+        ids = list(held)
+        sent = time.monotonic()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute(raise_on_error=False)
+        mine: list[str] = []
+        lost: list[str] = []
+        for entry_id, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue  # unknown: keep it and look again next time
+            owner = reply[0]["consumer"] if reply else None
+            if owner is None or _text(owner) == self.consumer:
+                mine.append(entry_id)
+            else:
+                lost.append(entry_id)
+        if mine:
+            await self._client.xclaim(stream, self._group, self.consumer, 0, mine, justid=True)
+        self.drop(stream, lost)
+        if stream in self._refreshed_at:
+            self._refreshed_at[stream] = sent
+        return lost
+
+    async def release(self) -> None:
+        """Make everything held claimable at once, counting no delivery for unhanded entries."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream, held in self._held.items():
+                by_count: dict[int | None, list[str]] = {}
+                for entry_id, lease in held.items():
+                    # Handed entries keep their count; unhanded ones give back the take's +1.
+                    key = None if lease.handed else max(0, lease.count - 1)
+                    by_count.setdefault(key, []).append(entry_id)
+                for retry_count, ids in by_count.items():
+                    pipe.xclaim(
+                        stream,
+                        self._group,
+                        self.consumer,
+                        0,
+                        ids,
+                        idle=self._claim_idle_ms,
+                        retrycount=retry_count,
+                        justid=True,
+                    )
+            if len(pipe):
+                await pipe.execute()
+        self.clear()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -1,0 +1,141 @@
+"""Consumer names: unique among live consumers, and a record of who is alive.
+
+Each live consumer holds a lock key named after itself (``SET … NX PX``), renewed with its
+leases. A name is taken only when its lock is free, so two live consumers never share a name —
+whether they run in one process or in two. A configured name (``REDIS_CONSUMER_NAME``) held by
+*another process* is reported loudly, and this consumer takes the next free ``name-N``.
+
+Alongside, a sorted set per group maps each consumer name to the moment it stops counting as
+alive, and a set per consumer lists the streams where it may have pending entries. Recovery
+reads both to find a dead consumer's messages without scanning every stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from ._config import RedisConfig
+
+log = logging.getLogger("abe_redis")
+
+PROCESS_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+"""Identifies this process among the holders of consumer-name locks."""
+_MAX_CANDIDATES = 10_000
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class Membership:
+    """This consumer's name in its group, and its heartbeat."""
+
+    def __init__(self, client: Any, config: RedisConfig, *, group: str) -> None:
+        self._client = client
+        self._config = config
+        self._group = group
+        self._keys = config.keys
+        self.name = ""
+        self.configured = config.consumer_name is not None
+        self._token = f"{PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
+        self._held_streams: set[str] = set()
+        self.ttl_ms = max(config.claim_idle_ms, 3 * config.lease_refresh_ms, 1000)
+
+    def _candidates(self) -> Any:
+        base = self._config.consumer_name
+        if base is None:
+            base = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        yield base
+        for n in range(2, _MAX_CANDIDATES):
+            yield f"{base}-{n}"
+
+    async def join(self) -> str:
+        """Take the first free name; returns it."""
+        for candidate in self._candidates():
+            lock = self._keys.consumer_lock(self._group, candidate)
+            if await self._client.set(lock, self._token, nx=True, px=self.ttl_ms):
+                self.name = str(candidate)
+                await self._announce()
+                return self.name
+            holder = _text(await self._client.get(lock)) or ""
+            if (
+                self.configured
+                and candidate == self._config.consumer_name
+                and not holder.startswith(PROCESS_TOKEN)
+            ):
+                log.warning(
+                    "consumer name %r in group %r is held by another live process (%s); two "
+                    "processes are configured with the same REDIS_CONSUMER_NAME — this one "
+                    "continues under a suffixed name",
+                    candidate,
+                    self._group,
+                    holder.rsplit(":", 1)[0],
+                )
+        raise RuntimeError(f"no free consumer name in group {self._group!r}")
+
+    async def _announce(self) -> None:
+        deadline = int(time.time() * 1000) + self.ttl_ms
+        await self._client.zadd(self._keys.consumers(self._group), {self.name: deadline})
+
+    async def heartbeat(self) -> None:
+        """Renew the name's lock and the alive-until mark."""
+        lock = self._keys.consumer_lock(self._group, self.name)
+        deadline = int(time.time() * 1000) + self.ttl_ms
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(lock, self._token, px=self.ttl_ms, get=True)
+            pipe.zadd(self._keys.consumers(self._group), {self.name: deadline})
+            previous, _ = await pipe.execute()
+        previous_text = _text(previous)
+        if previous_text is not None and previous_text != self._token:
+            log.error(
+                "consumer %r in group %r: its name lock had passed to another consumer (this one "
+                "stalled for longer than %d ms); messages it held may be handled twice",
+                self.name,
+                self._group,
+                self.ttl_ms,
+            )
+
+    async def holds_on(self, stream: str) -> None:
+        """Record that this consumer may have pending entries on ``stream`` (once per stream)."""
+        if stream in self._held_streams:
+            return
+        await self._client.sadd(self._keys.holdings(self._group, self.name), stream)
+        self._held_streams.add(stream)
+
+    async def leave(self, streams: list[str]) -> None:
+        """Free the name and mark the consumer gone, so peers claim what it released at once.
+
+        An automatic name with nothing pending is deleted from the groups of ``streams`` at
+        once, so groups do not fill up with the names of consumers long gone. (A name with
+        pending entries stays: deleting it would drop them.)
+        """
+        lock = self._keys.consumer_lock(self._group, self.name)
+        holder = _text(await self._client.get(lock))
+        pending = await self._pending(streams) if not self.configured else {}
+        forget = not self.configured and not any(pending.values())
+        async with self._client.pipeline(transaction=False) as pipe:
+            if holder == self._token:
+                pipe.delete(lock)
+            if forget:
+                for stream in streams:
+                    pipe.xgroup_delconsumer(stream, self._group, self.name)
+                pipe.zrem(self._keys.consumers(self._group), self.name)
+                pipe.delete(self._keys.holdings(self._group, self.name))
+            else:
+                pipe.zadd(self._keys.consumers(self._group), {self.name: 0})
+            await pipe.execute(raise_on_error=False)
+
+    async def _pending(self, streams: list[str]) -> dict[str, int]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xpending_range(stream, self._group, min="-", max="+", count=1, consumername=self.name)
+            replies = await pipe.execute(raise_on_error=False)
+        # An unreadable answer counts as pending: never delete a name that may hold entries.
+        return {s: 1 if isinstance(r, Exception) or r else 0 for s, r in zip(streams, replies, strict=True)}

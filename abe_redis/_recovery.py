@@ -1,0 +1,241 @@
+"""Recovery: taking over entries nobody is handling — and the one place delivery counts are set.
+
+Three sources, all turned into :class:`Taken` entries with their delivery count:
+
+* **own pending at start** — a consumer that restarts under its old name resumes what its
+  previous incarnation held. That process may have died handling them, so the take counts.
+* **orphans** — entries in this consumer's own pending list that it does not hold: a read whose
+  reply was lost in transit. Nobody handled them; they are taken back without a new count.
+* **the sweep** — every ``claim_interval_ms``: entries of consumers that are gone (their
+  alive-until mark passed, or they closed) on the streams they recorded, then a budget of
+  ``sweep_streams`` streams in rotation for anything else idle past ``claim_idle_ms``. Idle cost
+  is therefore a handful of commands per interval, whatever the number of streams.
+
+Redis counts a delivery on every non-``JUSTID`` claim; leases keep that counter equal to "times
+handed to a caller" (see :mod:`abe_redis._lease`), so a take's count is the counter plus one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._config import RedisConfig
+from ._lease import LeaseTable
+
+log = logging.getLogger("abe_redis")
+
+_DEAD_PER_SWEEP = 20
+_FORGET_CRASHED_AFTER = 10
+"""A crashed consumer's name is deleted from its groups once it has been gone this many TTLs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    stream: str
+    entry_id: str
+    fields: dict[Any, Any] | None
+    count: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class Recovery:
+    def __init__(
+        self,
+        client: Any,
+        taker: Any,
+        config: RedisConfig,
+        *,
+        group: str,
+        leases: LeaseTable,
+        membership_ttl_ms: int,
+    ) -> None:
+        self._client = client  # shared pool: reads that change nothing
+        self._taker = taker  # the consumer's own connection: commands that take entries
+        self._config = config
+        self._group = group
+        self._leases = leases
+        self._keys = config.keys
+        self._ttl_ms = membership_ttl_ms
+        self._rotation = 0
+        self.more = False
+        """True when the last sweep left claimable entries behind (no room): sweep again soon."""
+
+    @property
+    def consumer(self) -> str:
+        return self._leases.consumer
+
+    # -- own pending ---------------------------------------------------------------------
+
+    async def own_pending(self, streams: list[str], room: int, *, counted: bool) -> list[Taken]:
+        """This consumer's pending entries that it does not hold, up to ``room``.
+
+        ``counted``: the previous incarnation's entries (a take that counts), or orphans of a
+        lost reply (taken back as they are).
+        """
+        found: list[tuple[str, list[dict[str, Any]]]] = []
+        for chunk in _chunks(streams, 500):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream in chunk:
+                    pipe.xpending_range(
+                        stream, self._group, min="-", max="+", count=room, consumername=self.consumer
+                    )
+                replies = await pipe.execute(raise_on_error=False)
+            for stream, reply in zip(chunk, replies, strict=True):
+                if isinstance(reply, Exception) or not reply:
+                    continue
+                mine = [p for p in reply if not self._leases.holds(stream, _text(p["message_id"]))]
+                if mine:
+                    found.append((stream, mine))
+        taken: list[Taken] = []
+        for stream, pending in found:
+            if len(taken) >= room:
+                self.more = True
+                break
+            pending = pending[: room - len(taken)]
+            if counted:
+                # Guard with the idle time seen: if a peer's sweep claimed one meanwhile, its
+                # idle clock restarted and this claim skips it.
+                min_idle = min(int(p["time_since_delivered"]) for p in pending) // 2
+                taken += await self._claim(stream, pending, min_idle)
+            else:
+                taken += await self._take_back(stream, pending)
+        return taken
+
+    async def _take_back(self, stream: str, pending: list[dict[str, Any]]) -> list[Taken]:
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        ids = list(counts)
+        sent = time.monotonic()
+        # JUSTID: restart the idle clock, leave the counter as the lost read set it.
+        claimed = await self._taker.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
+        claimed_ids = [_text(i) for i in claimed]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in claimed_ids:
+                pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute()
+        data = {_text(r[0][0]): r[0][1] for r in replies if r}
+        taken = [Taken(stream, i, data.get(i), max(1, counts[i])) for i in claimed_ids]
+        self._leases.take(stream, [(t.entry_id, t.count) for t in taken], at=sent)
+        return taken
+
+    async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> list[Taken]:
+        """Claim (counting a delivery) entries seen in ``XPENDING``; the count is the one seen
+        plus one, valid because ``min_idle`` excludes any entry someone touched since."""
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        sent = time.monotonic()
+        claimed = await self._taker.xclaim(stream, self._group, self.consumer, min_idle, list(counts))
+        taken = [Taken(stream, _text(i), f, counts.get(_text(i), 0) + 1) for i, f in claimed if i is not None]
+        self._leases.take(stream, [(t.entry_id, t.count) for t in taken], at=sent)
+        return taken
+
+    # -- the sweep -----------------------------------------------------------------------
+
+    async def sweep(self, streams: list[str], room: int) -> list[Taken]:
+        self.more = False
+        if room <= 0 or not streams:
+            self.more = bool(streams)
+            return []
+        taken = await self._from_gone_consumers(set(streams), room)
+        if len(taken) < room:
+            taken += await self._rotate(streams, room - len(taken))
+        return taken
+
+    async def _from_gone_consumers(self, readable: set[str], room: int) -> list[Taken]:
+        now_ms = int(time.time() * 1000)
+        gone = await self._client.zrangebyscore(
+            self._keys.consumers(self._group), "-inf", now_ms, start=0, num=_DEAD_PER_SWEEP, withscores=True
+        )
+        taken: list[Taken] = []
+        for raw_name, score in gone:
+            name = _text(raw_name)
+            if name == self.consumer:
+                continue
+            holdings = self._keys.holdings(self._group, name)
+            streams = sorted(_text(s) for s in await self._client.smembers(holdings))
+            left = False
+            for stream in streams:
+                if stream not in readable:
+                    continue
+                if len(taken) >= room:
+                    self.more = True
+                    return taken
+                pending = await self._client.xpending_range(
+                    stream,
+                    self._group,
+                    min="-",
+                    max="+",
+                    count=room - len(taken),
+                    consumername=name,
+                    idle=self._config.claim_idle_ms,
+                )
+                if pending:
+                    taken += await self._claim(stream, pending, self._config.claim_idle_ms)
+                    left = True
+                elif await self._has_pending(stream, name):
+                    left = True  # pending but not idle long enough yet
+            if not left:
+                await self._forget(name, streams, closed=score == 0, gone_since_ms=now_ms - int(score))
+        return taken
+
+    async def _has_pending(self, stream: str, name: str) -> bool:
+        reply = await self._client.xpending_range(
+            stream, self._group, min="-", max="+", count=1, consumername=name
+        )
+        return bool(reply)
+
+    async def _forget(self, name: str, streams: Iterable[str], *, closed: bool, gone_since_ms: int) -> None:
+        """A gone consumer with nothing pending: stop tracking it, and delete its name from the
+        groups once it surely will not come back (deleting a live name would drop its entries)."""
+        delete_name = closed or gone_since_ms > _FORGET_CRASHED_AFTER * self._ttl_ms
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._keys.consumers(self._group), name)
+            pipe.delete(self._keys.holdings(self._group, name))
+            if delete_name:
+                for stream in streams:
+                    pipe.xgroup_delconsumer(stream, self._group, name)
+            await pipe.execute(raise_on_error=False)
+
+    async def _rotate(self, streams: list[str], room: int) -> list[Taken]:
+        """A budget of streams, in rotation: entries idle past the claim timeout, whoever holds them
+        (consumers of other programs, or whose records were lost)."""
+        budget = min(len(streams), self._config.sweep_streams)
+        start = self._rotation % len(streams)
+        chosen = [streams[(start + i) % len(streams)] for i in range(budget)]
+        self._rotation = start + budget
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in chosen:
+                pipe.xpending_range(
+                    stream, self._group, min="-", max="+", count=room, idle=self._config.claim_idle_ms
+                )
+            replies = await pipe.execute(raise_on_error=False)
+        taken: list[Taken] = []
+        for stream, reply in zip(chosen, replies, strict=True):
+            if isinstance(reply, Exception) or not reply:
+                continue
+            if len(taken) >= room:
+                self.more = True
+                break
+            reply = reply[: room - len(taken)]
+            # Our own idle entries that we do not hold are orphans of a lost reply: no new count.
+            orphans = [p for p in reply if _text(p["consumer"]) == self.consumer]
+            orphans = [p for p in orphans if not self._leases.holds(stream, _text(p["message_id"]))]
+            others = [p for p in reply if _text(p["consumer"]) != self.consumer]
+            if orphans:
+                taken += await self._take_back(stream, orphans)
+            if others:
+                log.info("claiming %d idle entries of %s in group %s", len(others), stream, self._group)
+                taken += await self._claim(stream, others, self._config.claim_idle_ms)
+        if len(taken) >= room:
+            self.more = True
+        return taken
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
