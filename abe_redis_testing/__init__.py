@@ -23,7 +23,7 @@ pytest_plugins: list[str] = [
     "abe_redis_testing._plugin_servers",
     "abe_redis_testing._plugin_backends",
     "abe_redis_testing._plugin_toxiproxy",
-    "abe_redis_testing._plugin_chaos",
+    "abe_redis_testing._plugin_proxied_redis",
     "abe_redis_testing.contract._plugin",
 ]
 

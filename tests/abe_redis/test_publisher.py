@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from abe_redis._publisher import Publisher, PublishOutcomeUnknownError, _Entry
-from abe_redis_testing.chaos import ProxyScope
+from abe_redis_testing.faults import ProxyScope
 from abe_redis_testing.servers import RedisEndpoint
 
 NO_RETRY = Retry(NoBackoff(), 0)

@@ -105,6 +105,6 @@ def test_fake_backend_round_trip_in_a_downstream_project(isolated: pytest.Pytest
 
 def test_plugin_importable_without_pytest_running() -> None:
     # Library use (contract runner, servers) must not need a pytest session.
-    code = "import abe_redis_testing, abe_redis_testing.contract, abe_redis_testing.chaos; print('ok')"
+    code = "import abe_redis_testing, abe_redis_testing.contract, abe_redis_testing.faults; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "ok"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-_PLUGINS = ("pytester", "abe_redis_testing._plugin_chaos")
+_PLUGINS = ("pytester", "abe_redis_testing._plugin_proxied_redis")
 
 
 def pytest_configure(config: pytest.Config) -> None:

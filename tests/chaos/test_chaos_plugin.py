@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio
 
 from abe_redis import RedisStreamsBackend
-from abe_redis_testing._plugin_chaos import ProxiedRedis
+from abe_redis_testing._plugin_proxied_redis import ProxiedRedis
 
 
 async def _next(backend: RedisStreamsBackend) -> dict[str, object]:
@@ -59,7 +59,7 @@ def test_block_ms_must_stay_below_the_socket_timeout(pytester: pytest.Pytester) 
     )
     result = pytester.runpytest_inprocess(
         "-p",
-        "abe_redis_testing._plugin_chaos",
+        "abe_redis_testing._plugin_proxied_redis",
         "-p",
         "no:valkey",
         "-o",

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from toxiproxy_helpers import EchoServer, RawApi
 
-from abe_redis_testing.chaos import ToxiproxyClient, ToxiproxyEndpoint
+from abe_redis_testing.toxiproxy import ToxiproxyClient, ToxiproxyEndpoint
 
 _PLUGINS = ("pytester", "abe_redis_testing._plugin_toxiproxy")
 

@@ -14,7 +14,7 @@ PLUGIN = "abe_redis_testing._plugin_toxiproxy"
 INNER_TESTS = """
 import os
 
-from abe_redis_testing.chaos import ToxiproxyEndpoint
+from abe_redis_testing.toxiproxy import ToxiproxyEndpoint
 
 def test_endpoint(toxiproxy_server: ToxiproxyEndpoint) -> None:
     expected = os.environ["EXPECT_EMBEDDED"] == "1"
@@ -90,6 +90,22 @@ def test_unreachable_url_falls_back_to_embedded(
     monkeypatch.setenv("EXPECT_EMBEDDED", "1")
     result = run_inner(pytester)
     result.assert_outcomes(passed=1)
+
+
+def test_seed_option_reaches_the_embedded_server(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TOXIPROXY_URL", raising=False)
+    pytester.makepyfile(
+        test_seed="""
+        def test_seed(toxiproxy_server):
+            assert toxiproxy_server.embedded and toxiproxy_server.seed == 42
+        """
+    )
+    run(pytester, "--abe-redis-toxiproxy-seed=42").assert_outcomes(passed=1)
+    bad = run(pytester, "--abe-redis-toxiproxy-seed=soon")
+    assert bad.ret != 0
+    bad.stderr.fnmatch_lines(["*--abe-redis-toxiproxy-seed*must be an integer*"])
 
 
 def test_no_url_starts_embedded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 from toxiproxy_helpers import EchoServer, connect, recv_exactly
 
-from abe_redis_testing.chaos import ToxiproxyClient, ToxiproxyError
-from abe_redis_testing.toxiproxy import API_VERSION, TOXIC_TYPES, EmbeddedToxiproxy
+from abe_redis_testing.toxiproxy import (
+    API_VERSION,
+    TOXIC_TYPES,
+    EmbeddedToxiproxy,
+    ToxiproxyClient,
+    ToxiproxyError,
+)
 
 
 def free_port() -> int:

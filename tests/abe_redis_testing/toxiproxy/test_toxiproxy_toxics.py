@@ -20,7 +20,8 @@ from typing import Literal
 import pytest
 from toxiproxy_helpers import EchoServer, connect, recv_exactly, recv_until_eof, recv_up_to
 
-from abe_redis_testing.chaos import Proxy, ProxyScope, ToxiproxyClient
+from abe_redis_testing.faults import FaultProxy, ProxyScope
+from abe_redis_testing.toxiproxy import ToxiproxyClient
 from abe_redis_testing.toxiproxy._toxics import slice_offsets
 
 # Timers may fire a hair early relative to the arrival stamp taken by the proxy.
@@ -37,12 +38,12 @@ def roundtrip(sock: socket.socket, payload: bytes) -> float:
 
 
 @pytest.fixture
-def proxy(toxiproxy: ProxyScope, echo_server: EchoServer) -> Proxy:
+def proxy(toxiproxy: ProxyScope, echo_server: EchoServer) -> FaultProxy:
     """A fresh proxy in front of the echo server, deleted after the test."""
     return toxiproxy.proxy(echo_server.address)
 
 
-def test_latency_delays_each_roundtrip_within_jitter(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_latency_delays_each_roundtrip_within_jitter(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 60, "jitter": 15})
     with connect(proxy.address) as sock:
         samples = [roundtrip(sock, b"x" * 10) for _ in range(8)]
@@ -52,7 +53,7 @@ def test_latency_delays_each_roundtrip_within_jitter(proxy: Proxy, client: Toxip
     assert statistics.median(samples) <= 0.075 + 0.010 + 0.050, samples
 
 
-def test_latency_applies_to_already_open_connections(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_latency_applies_to_already_open_connections(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     with connect(proxy.address) as sock:
         assert roundtrip(sock, b"warm") < SCHEDULING_SLACK
         client.add_toxic(proxy.name, "latency", {"latency": 150})
@@ -61,7 +62,7 @@ def test_latency_applies_to_already_open_connections(proxy: Proxy, client: Toxip
         assert roundtrip(sock, b"fast") < 0.150
 
 
-def test_updating_a_toxic_changes_open_connections(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_updating_a_toxic_changes_open_connections(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 0})
     with connect(proxy.address) as sock:
         assert roundtrip(sock, b"quick") < SCHEDULING_SLACK
@@ -69,7 +70,7 @@ def test_updating_a_toxic_changes_open_connections(proxy: Proxy, client: Toxipro
         assert roundtrip(sock, b"slower") >= 0.200 - TIMER_SLACK
 
 
-def test_latency_upstream_and_downstream_add_up(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_latency_upstream_and_downstream_add_up(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 50}, stream="upstream")
     client.add_toxic(proxy.name, "latency", {"latency": 70}, stream="downstream")
     with connect(proxy.address) as sock:
@@ -77,7 +78,7 @@ def test_latency_upstream_and_downstream_add_up(proxy: Proxy, client: ToxiproxyC
     assert 0.120 - TIMER_SLACK <= elapsed <= 0.120 + SCHEDULING_SLACK
 
 
-def test_removing_latency_delivers_the_held_data_at_once(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_removing_latency_delivers_the_held_data_at_once(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 5000})
     with connect(proxy.address, timeout=4.0) as sock:
         started = time.perf_counter()
@@ -92,7 +93,7 @@ def test_removing_latency_delivers_the_held_data_at_once(proxy: Proxy, client: T
         assert time.perf_counter() - started < 4.0
 
 
-def test_bandwidth_limits_throughput(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_bandwidth_limits_throughput(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     rate_kb = 200
     payload = os.urandom(100_000)  # 0.5 s at 200 KB/s (1 KB = 1000 bytes, as Toxiproxy)
     client.add_toxic(proxy.name, "bandwidth", {"rate": rate_kb})
@@ -107,7 +108,7 @@ def test_bandwidth_limits_throughput(proxy: Proxy, client: ToxiproxyClient) -> N
     assert elapsed <= expected + 4 * SCHEDULING_SLACK, elapsed
 
 
-def test_slicer_keeps_bytes_intact(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_slicer_keeps_bytes_intact(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     payload = os.urandom(64 * 1024)
     client.add_toxic(proxy.name, "slicer", {"average_size": 100, "size_variation": 40, "delay": 10})
     client.add_toxic(proxy.name, "slicer", {"average_size": 7, "size_variation": 3}, stream="upstream")
@@ -127,7 +128,9 @@ def test_slice_offsets_cover_the_buffer_in_bounded_pieces(size: int, average: in
     assert all(0 < piece <= average + variation for piece in pieces), pieces
 
 
-def test_limit_data_passes_exactly_that_many_bytes_then_closes(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_limit_data_passes_exactly_that_many_bytes_then_closes(
+    proxy: FaultProxy, client: ToxiproxyClient
+) -> None:
     payload = os.urandom(5000)
     client.add_toxic(proxy.name, "limit_data", {"bytes": 1234})
     with connect(proxy.address) as sock:
@@ -136,7 +139,7 @@ def test_limit_data_passes_exactly_that_many_bytes_then_closes(proxy: Proxy, cli
     assert received == payload[:1234]
 
 
-def test_limit_data_counts_across_writes(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_limit_data_counts_across_writes(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "limit_data", {"bytes": 10})
     with connect(proxy.address) as sock:
         sock.sendall(b"123456")
@@ -146,7 +149,7 @@ def test_limit_data_counts_across_writes(proxy: Proxy, client: ToxiproxyClient) 
 
 
 def test_timeout_zero_swallows_data_and_removal_closes_the_connection(
-    proxy: Proxy, client: ToxiproxyClient
+    proxy: FaultProxy, client: ToxiproxyClient
 ) -> None:
     client.add_toxic(proxy.name, "timeout", {"timeout": 0})
     with connect(proxy.address, timeout=0.3) as sock:
@@ -159,7 +162,7 @@ def test_timeout_zero_swallows_data_and_removal_closes_the_connection(
         assert recv_until_eof(sock) == b""
 
 
-def test_timeout_closes_the_connection_after_the_timeout(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_timeout_closes_the_connection_after_the_timeout(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "timeout", {"timeout": 200})
     with connect(proxy.address) as sock:
         started = time.perf_counter()
@@ -169,7 +172,7 @@ def test_timeout_closes_the_connection_after_the_timeout(proxy: Proxy, client: T
     assert 0.2 - TIMER_SLACK - 0.01 <= elapsed <= 0.2 + SCHEDULING_SLACK
 
 
-def test_reset_peer_resets_the_connection(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_reset_peer_resets_the_connection(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "reset_peer", {"timeout": 0})
     with connect(proxy.address) as sock:
         sock.sendall(b"hello")
@@ -177,7 +180,7 @@ def test_reset_peer_resets_the_connection(proxy: Proxy, client: ToxiproxyClient)
             recv_until_eof(sock)
 
 
-def test_reset_peer_waits_for_its_timeout(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_reset_peer_waits_for_its_timeout(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "reset_peer", {"timeout": 200}, stream="upstream")
     with connect(proxy.address) as sock:
         started = time.perf_counter()
@@ -188,7 +191,7 @@ def test_reset_peer_waits_for_its_timeout(proxy: Proxy, client: ToxiproxyClient)
     assert 0.2 - TIMER_SLACK <= elapsed <= 0.2 + SCHEDULING_SLACK
 
 
-def test_slow_close_delays_the_close(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_slow_close_delays_the_close(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "slow_close", {"delay": 300})
     with connect(proxy.address) as sock:
         assert roundtrip(sock, b"before close") < SCHEDULING_SLACK
@@ -199,7 +202,7 @@ def test_slow_close_delays_the_close(proxy: Proxy, client: ToxiproxyClient) -> N
     assert 0.3 - TIMER_SLACK <= elapsed <= 0.3 + SCHEDULING_SLACK
 
 
-def test_toxicity_is_drawn_per_connection(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_toxicity_is_drawn_per_connection(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "limit_data", {"bytes": 1}, toxicity=0.5)
     outcomes = []
     for _ in range(40):
@@ -212,13 +215,13 @@ def test_toxicity_is_drawn_per_connection(proxy: Proxy, client: ToxiproxyClient)
     assert b"abc" in outcomes
 
 
-def test_toxicity_zero_never_applies(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_toxicity_zero_never_applies(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     client.add_toxic(proxy.name, "latency", {"latency": 2000}, toxicity=0.0)
     with connect(proxy.address) as sock:
         assert roundtrip(sock, b"unaffected") < 1.0
 
 
-def test_no_data_is_lost_while_toxics_come_and_go(proxy: Proxy, client: ToxiproxyClient) -> None:
+def test_no_data_is_lost_while_toxics_come_and_go(proxy: FaultProxy, client: ToxiproxyClient) -> None:
     block = 32 * 1024
     blocks = 64
     payload = os.urandom(block * blocks)

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from abe_redis_testing.chaos import ToxiproxyClient
+from abe_redis_testing.toxiproxy import ToxiproxyClient
 
 
 class EchoServer:

@@ -17,7 +17,6 @@ the server options) and the Toxiproxy is ``toxiproxy_server`` (a real one at
 from __future__ import annotations
 
 import contextlib
-import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,11 +27,11 @@ import pytest_asyncio
 from abe_redis import RedisStreamsBackend
 from abe_redis_testing._options import add_option, get_option
 from abe_redis_testing._plugin_servers import flush_endpoint
-from abe_redis_testing.chaos import Proxy, ProxyScope
+from abe_redis_testing.faults import FaultProxy, ProxyScope
 from abe_redis_testing.servers import RedisEndpoint, redact_url
 
 # The fixtures below need the server and Toxiproxy fixtures; loading this module alone
-# (``-p abe_redis_testing._plugin_chaos``) brings them along.
+# (``-p abe_redis_testing._plugin_proxied_redis``) brings them along.
 pytest_plugins = ["abe_redis_testing._plugin_servers", "abe_redis_testing._plugin_toxiproxy"]
 
 DEFAULT_SOCKET_TIMEOUT = 2.0
@@ -100,18 +99,11 @@ def chaos_settings(config: pytest.Config) -> dict[str, Any]:
     }
 
 
-def _with_address(url: str, host: str, port: int) -> str:
-    parts = urllib.parse.urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = (userinfo + "@" if userinfo else "") + (f"[{host}]" if ":" in host else host) + f":{port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 @dataclass(eq=False)
 class ProxiedRedis:
     """A real Redis with a Toxiproxy proxy in front of it, and backends connected through it.
 
-    * ``proxy`` — the :class:`~abe_redis_testing.chaos.Proxy`; its context managers
+    * ``proxy`` — the :class:`~abe_redis_testing.faults.FaultProxy`; its context managers
       (``latency``, ``down``, ``black_hole``, ``reset_peer``, ``bandwidth``, ``slicer``,
       ``limit_data``) inject a fault for the duration of a ``with`` block.
     * ``url`` — Redis through the proxy; ``direct_url`` — Redis itself (for setup and checks that
@@ -122,7 +114,7 @@ class ProxiedRedis:
     """
 
     server: RedisEndpoint
-    proxy: Proxy
+    proxy: FaultProxy
     url: str
     settings: dict[str, Any]
     _backends: list[RedisStreamsBackend] = field(default_factory=list)
@@ -180,7 +172,7 @@ async def proxied_redis(
     proxied = ProxiedRedis(
         server=redis_server,
         proxy=proxy,
-        url=_with_address(redis_server.url, proxy.listen_host, proxy.listen_port),
+        url=proxy.url_for(redis_server.url),
         settings=chaos_settings(pytestconfig),
     )
     try:

@@ -1,4 +1,4 @@
-"""The scenario helpers of :mod:`abe_redis_testing.chaos`, against the embedded server (or a real
+"""The scenario helpers of :mod:`abe_redis_testing.faults`, against the embedded server (or a real
 Toxiproxy when ``TOXIPROXY_URL`` answers), with a local echo upstream and a real redis-server."""
 
 from __future__ import annotations
@@ -18,14 +18,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from abe_redis_testing.chaos import (
-    Proxy,
-    ProxyScope,
-    ToxiproxyClient,
-    ToxiproxyError,
-    proxy_to,
-)
-from abe_redis_testing.toxiproxy import EmbeddedToxiproxy
+from abe_redis_testing.faults import FaultProxy, ProxyScope, proxy_to
+from abe_redis_testing.toxiproxy import EmbeddedToxiproxy, ToxiproxyClient, ToxiproxyError
 
 SLACK = 0.5  # generous upper-bound slack for a loaded machine
 
@@ -78,12 +72,12 @@ def echo() -> Iterator[_Echo]:
 
 
 @pytest.fixture
-def proxy(scope: ProxyScope, echo: _Echo) -> Proxy:
+def proxy(scope: ProxyScope, echo: _Echo) -> FaultProxy:
     """A proxy in front of the echo server."""
     return scope.proxy(("127.0.0.1", echo.port))
 
 
-def exchange(proxy: Proxy, payload: bytes = b"ping", timeout: float = 5.0) -> float:
+def exchange(proxy: FaultProxy, payload: bytes = b"ping", timeout: float = 5.0) -> float:
     """Seconds for one echo roundtrip on a fresh connection through ``proxy``."""
     with socket.create_connection(proxy.address, timeout=timeout) as sock:
         started = time.perf_counter()
@@ -119,7 +113,7 @@ def test_proxy_to_listens_on_a_free_port(chaos_client: ToxiproxyClient, echo: _E
     assert excinfo.value.message == "proxy not found"
 
 
-def test_latency_holds_for_the_block_only(proxy: Proxy) -> None:
+def test_latency_holds_for_the_block_only(proxy: FaultProxy) -> None:
     with proxy.latency(150, jitter=20) as toxics:
         assert [t.type for t in toxics] == ["latency"]
         assert proxy.toxics() == toxics
@@ -129,7 +123,7 @@ def test_latency_holds_for_the_block_only(proxy: Proxy) -> None:
     assert exchange(proxy) < 0.130
 
 
-def test_scenarios_nest_and_both_streams(proxy: Proxy) -> None:
+def test_scenarios_nest_and_both_streams(proxy: FaultProxy) -> None:
     with proxy.latency(40, stream="both") as lag, proxy.bandwidth(10_000):
         assert {t.stream for t in lag} == {"upstream", "downstream"}
         assert len(proxy.toxics()) == 3
@@ -137,19 +131,19 @@ def test_scenarios_nest_and_both_streams(proxy: Proxy) -> None:
     assert proxy.toxics() == []
 
 
-def test_fault_is_removed_when_the_block_fails(proxy: Proxy) -> None:
+def test_fault_is_removed_when_the_block_fails(proxy: FaultProxy) -> None:
     with pytest.raises(RuntimeError, match="boom"), proxy.limit_data(1):
         raise RuntimeError("boom")
     assert proxy.toxics() == []
 
 
-def test_exit_tolerates_a_toxic_removed_meanwhile(proxy: Proxy, chaos_client: ToxiproxyClient) -> None:
+def test_exit_tolerates_a_toxic_removed_meanwhile(proxy: FaultProxy, chaos_client: ToxiproxyClient) -> None:
     with proxy.slow_close(10) as toxics:
         chaos_client.remove_toxic(proxy.name, toxics[0].name)
     assert proxy.toxics() == []
 
 
-def test_down_refuses_then_recovers(proxy: Proxy) -> None:
+def test_down_refuses_then_recovers(proxy: FaultProxy) -> None:
     with proxy.down():
         assert proxy.enabled is False
         with pytest.raises(ConnectionRefusedError):
@@ -157,7 +151,7 @@ def test_down_refuses_then_recovers(proxy: Proxy) -> None:
     assert exchange(proxy) < SLACK
 
 
-def test_down_for_seconds_comes_back_while_the_block_runs(proxy: Proxy) -> None:
+def test_down_for_seconds_comes_back_while_the_block_runs(proxy: FaultProxy) -> None:
     started = time.perf_counter()
     with proxy.down(seconds=0.3):
         with pytest.raises(ConnectionRefusedError):
@@ -175,13 +169,13 @@ def test_down_for_seconds_comes_back_while_the_block_runs(proxy: Proxy) -> None:
     assert 0.3 <= back_after <= 0.3 + 2 * SLACK
 
 
-def test_reset_peer_gives_connection_reset(proxy: Proxy) -> None:
+def test_reset_peer_gives_connection_reset(proxy: FaultProxy) -> None:
     with proxy.reset_peer(), pytest.raises(ConnectionResetError):
         exchange(proxy)
     assert exchange(proxy) < SLACK
 
 
-def test_black_hole_swallows_data_and_closes_on_exit(proxy: Proxy) -> None:
+def test_black_hole_swallows_data_and_closes_on_exit(proxy: FaultProxy) -> None:
     sock = socket.create_connection(proxy.address, timeout=0.3)
     with sock:
         with proxy.black_hole():
@@ -193,7 +187,7 @@ def test_black_hole_swallows_data_and_closes_on_exit(proxy: Proxy) -> None:
     assert exchange(proxy) < SLACK
 
 
-def test_black_hole_with_timeout_closes_the_connection(proxy: Proxy) -> None:
+def test_black_hole_with_timeout_closes_the_connection(proxy: FaultProxy) -> None:
     with proxy.black_hole(200), socket.create_connection(proxy.address, timeout=5) as sock:
         started = time.perf_counter()
         sock.sendall(b"x")
@@ -201,14 +195,14 @@ def test_black_hole_with_timeout_closes_the_connection(proxy: Proxy) -> None:
         assert 0.19 <= time.perf_counter() - started <= 0.2 + SLACK
 
 
-def test_bandwidth_slows_a_transfer(proxy: Proxy) -> None:
+def test_bandwidth_slows_a_transfer(proxy: FaultProxy) -> None:
     payload = os.urandom(60_000)
     with proxy.bandwidth(200):
         elapsed = exchange(proxy, payload)
     assert 0.3 * 0.9 <= elapsed <= 0.3 + 4 * SLACK
 
 
-def test_slicer_and_limit_data(proxy: Proxy) -> None:
+def test_slicer_and_limit_data(proxy: FaultProxy) -> None:
     payload = os.urandom(20_000)
     with proxy.slicer(50, 10, 5):
         assert exchange(proxy, payload) < 10
@@ -245,7 +239,9 @@ def test_client_errors_are_typed_and_never_leak_credentials() -> None:
     assert "hunter2" not in str(excinfo.value)
 
 
-def test_client_covers_update_and_populate(chaos_client: ToxiproxyClient, proxy: Proxy, echo: _Echo) -> None:
+def test_client_covers_update_and_populate(
+    chaos_client: ToxiproxyClient, proxy: FaultProxy, echo: _Echo
+) -> None:
     toxic = chaos_client.add_toxic(proxy.name, "latency", {"latency": 5}, name="tuned")
     assert toxic.attributes == {"latency": 5, "jitter": 0}
     tuned = chaos_client.update_toxic(proxy.name, "tuned", {"jitter": 2}, toxicity=0.25)
