@@ -86,7 +86,7 @@ class ContractPlan:
     env: dict[str, str] = field(default_factory=dict)
     unset: list[str] = field(default_factory=list)
     cleanup_url: str | None = None
-    registry_key: str | None = None
+    namespace: str | None = None
 
 
 def contract_step(
@@ -112,8 +112,8 @@ def contract_step(
             plan.spec, plan.capabilities, timeout=wait_s, env=plan.env, unset_env=plan.unset
         )
     finally:
-        if plan.cleanup_url and plan.registry_key:
-            asyncio.run(_delete_contract_keys(plan.cleanup_url, plan.registry_key))
+        if plan.cleanup_url and plan.namespace:
+            asyncio.run(_delete_contract_keys(plan.cleanup_url, plan.namespace))
     from abe_redis_testing.contract import render_report
 
     render_report(report, console)
@@ -161,13 +161,13 @@ def plan_contract(backend: str | None, url: str | None, capabilities: str | None
 
 
 def _namespace(plan: ContractPlan, url: str) -> None:
-    """A registry and group of the run's own, deleted after the run."""
+    """A key prefix (registry, group and consumer records) of the run's own, deleted after the run."""
     namespace = f"abe-redis-contract:{uuid.uuid4().hex[:10]}"
-    plan.registry_key = f"{namespace}:streams"
+    plan.namespace = namespace
     plan.cleanup_url = url
     plan.env.update(
         {
-            "REDIS_REGISTRY_KEY": plan.registry_key,
+            "REDIS_KEY_PREFIX": f"{namespace}:",
             "REDIS_CONSUMER_GROUP": f"{namespace}:group",
             "REDIS_BLOCK_MS": "100",
             "REDIS_DISCOVERY_INTERVAL_MS": "100",
@@ -177,10 +177,14 @@ def _namespace(plan: ContractPlan, url: str) -> None:
     )
 
 
-async def _delete_contract_keys(url: str, registry_key: str) -> None:
+async def _delete_contract_keys(url: str, namespace: str) -> None:
+    """The streams the run registered, their dead letters, and every key under its prefix."""
     env = {**connection_environment(), "REDIS_URL": url}
-    async with RedisStreamsBackend.from_env(env, registry_key=registry_key) as backend:
+    async with RedisStreamsBackend.from_env(env, key_prefix=f"{namespace}:") as backend:
         client: Any = backend.client
-        streams = [text(name) for name in await client.smembers(registry_key)]
-        doomed = [registry_key, *streams, *(backend.config.dead_letter_stream(s) for s in streams)]
-        await client.delete(*doomed)
+        registry = backend.config.registry_key
+        streams = [text(name) for name in await client.smembers(registry)] if registry else []
+        doomed = {*streams, *(backend.config.dead_letter_stream(s) for s in streams)}
+        doomed.update([text(key) async for key in client.scan_iter(match=f"{namespace}:*", count=1000)])
+        if doomed:
+            await client.delete(*doomed)

@@ -70,7 +70,8 @@ def verify_config(url: str | None, ns: str, environ: Mapping[str, str] | None = 
         env,
         # The fake is handed its client; this URL only has to be valid.
         url=url or "redis://embedded-fake/0",
-        registry_key=f"{ns}:streams",
+        # Every key the backend keeps for itself (registry, consumer records) under the run's name.
+        key_prefix=f"{ns}:backend:",
         consumer_group=f"{ns}:group",
         block_ms=100,
         discovery_interval_ms=100,
