@@ -191,12 +191,50 @@ def _run_bench(args: argparse.Namespace, console: Console) -> int:
     return _bench.run(args, console)
 
 
+def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    simulate = _subcommand(
+        commands,
+        "simulate",
+        "deterministic simulation: seeded fault schedules against an in-process fake Redis",
+        "Runs a workload against the backend on a virtual clock and a simulated network with "
+        "faults, one schedule per seed, and checks the history (lost, duplicated, stranded, "
+        "concurrently handled, falsely dead-lettered ...). The same seed replays exactly. "
+        "Needs the test extras (fakeredis). See docs/simulation.md.",
+    )
+    simulate.add_argument("--seeds", type=int, default=200, help="how many seeds to run")
+    simulate.add_argument("--first-seed", type=int, default=0, help="the first seed of the range")
+    simulate.add_argument("--seed", type=int, help="run only this seed (a replay) and report it in full")
+    simulate.add_argument("--trace", action="store_true", help="with --seed: print the trace")
+    simulate.add_argument("--faults", default="all", help="all, none, or a comma-separated list of kinds")
+    simulate.add_argument("--workload", default="default", help="default, fast, prefetch or shared")
+    simulate.add_argument("--messages", type=int, default=200, help="messages per schedule")
+    simulate.add_argument("--fail-on", metavar="CATEGORIES", help="anomaly categories that fail a seed")
+    simulate.add_argument(
+        "--determinism",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the first N seeds twice; traces must match",
+    )
+    simulate.add_argument("--json", default="abe-redis-simulate.json", help="where to write the report")
+    simulate.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace, console: Console) -> int:
+    try:
+        from abe_redis_testing.simulation import _cli as simulation_cli
+    except ImportError as exc:  # the test extras are not installed
+        raise CliError(f"simulate needs the test extras (pip install 'abe-redis[test]'): {exc}") from None
+    return simulation_cli.run(args, console)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_verify,
     _add_info,
     _add_tail,
     _add_dlq,
     _add_bench,
+    _add_simulate,
 ]
 
 

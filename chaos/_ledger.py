@@ -6,6 +6,10 @@ touches Redis, so the checker is tested with synthetic data.
 The invariant: **every publish that returned is delivered at least once.** Publishes that raised
 are "failed" and may or may not be delivered (the write may have reached Redis before the reply
 was lost). Every delivery beyond the first of a message is a duplicate.
+
+The classification itself is the simulator's history checker
+(:func:`abe_redis_testing.simulation.check`): :meth:`Ledger.history` hands it what was recorded,
+and :func:`tally` reads its categories, so chaos runs and simulated runs judge alike.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+from abe_redis_testing.simulation import DEFAULT_FAILING, Handling, History, Verdict, check
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,21 @@ class Ledger:
         """Publishes that returned and have not been delivered yet."""
         return len(self._undelivered)
 
+    def history(self) -> History:
+        """What was recorded, for the shared checker. A chaos delivery has no handler end (the
+        consumer process reports hand-overs only), so concurrency is not judged from it."""
+        return History(
+            published=dict(self.published),
+            failed=dict(self.failed),
+            handlings=[
+                Handling(d.msg, d.consumer, d.t, None, "", d.entry_id, d.delivery_count)
+                for d in self.deliveries
+            ],
+        )
+
+    def check(self, *, failing: Iterable[str] = DEFAULT_FAILING) -> Verdict:
+        return check(self.history(), failing=failing)
+
 
 @dataclass(frozen=True, slots=True)
 class Tally:
@@ -77,26 +98,29 @@ class Tally:
     """Failed publishes whose write reached Redis anyway."""
     unknown: int
     """Delivered message numbers that were never published: must be 0."""
+    anomalies: dict[str, int] = field(default_factory=dict)
+    """Every non-zero category of the shared history checker (``count_backwards`` ...)."""
 
 
 def tally(ledger: Ledger, *, max_lost_ids: int = 20) -> Tally:
+    verdict = ledger.check()
     counts = Counter(d.msg for d in ledger.deliveries)
     entries: dict[int, set[str]] = {}
     for d in ledger.deliveries:
         entries.setdefault(d.msg, set()).add(d.entry_id)
-    lost = sorted(msg for msg in ledger.published if msg not in counts)
-    known = ledger.published.keys() | ledger.failed.keys()
+    lost = verdict.messages.get("lost", ())
     return Tally(
         published=len(ledger.published),
         failed_publishes=len(ledger.failed),
         delivered=len(counts),
         deliveries=sum(counts.values()),
-        duplicates=sum(n - 1 for n in counts.values()),
+        duplicates=verdict.counts["duplicated"],
         duplicate_entries=sum(1 for ids in entries.values() if len(ids) > 1),
-        lost=len(lost),
+        lost=verdict.counts["lost"],
         lost_ids=tuple(lost[:max_lost_ids]),
-        failed_but_delivered=sum(1 for msg in ledger.failed if msg in counts),
-        unknown=sum(1 for msg in counts if msg not in known),
+        failed_but_delivered=verdict.counts["recovered"],
+        unknown=verdict.counts["unexpected"],
+        anomalies={name: n for name, n in verdict.counts.items() if n},
     )
 
 

@@ -118,6 +118,8 @@ class Verdict:
     counts: Mapping[str, int]
     examples: Mapping[str, tuple[str, ...]]
     failing: frozenset[str]
+    messages: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """The message numbers behind each per-message category, sorted."""
 
     @property
     def failures(self) -> dict[str, int]:
@@ -140,9 +142,12 @@ class _Tally:
     def __init__(self) -> None:
         self.counts: dict[str, int] = dict.fromkeys(CATEGORIES, 0)
         self.examples: dict[str, list[str]] = defaultdict(list)
+        self.messages: dict[str, set[int]] = defaultdict(set)
 
-    def add(self, category: str, example: str, n: int = 1) -> None:
+    def add(self, category: str, example: str, n: int = 1, *, msg: int | None = None) -> None:
         self.counts[category] += n
+        if msg is not None:
+            self.messages[category].add(msg)
         if len(self.examples[category]) < _EXAMPLES:
             self.examples[category].append(example)
 
@@ -175,9 +180,11 @@ def check(
         _lost(history, group, handled, dead[group], tally)
         for msg, handlings in handled.items():
             if msg not in known:
-                tally.add("unexpected", f"{group}: message {msg} delivered, never published")
+                tally.add("unexpected", f"{group}: message {msg} delivered, never published", msg=msg)
             if len(handlings) > 1:
-                tally.add("duplicated", f"{group}: message {msg} x{len(handlings)}", len(handlings) - 1)
+                tally.add(
+                    "duplicated", f"{group}: message {msg} x{len(handlings)}", len(handlings) - 1, msg=msg
+                )
             _counts(group, msg, handlings, tally)
             if claim_idle_s is not None:
                 _concurrency(history, group, msg, handlings, claim_idle_s, tally)
@@ -193,7 +200,9 @@ def check(
     delivered = {h.msg for h in history.handlings}
     for msg in sorted(history.failed):
         if msg in delivered:
-            tally.add("recovered", f"message {msg}: publish raised {history.failed[msg]}, delivered anyway")
+            tally.add(
+                "recovered", f"message {msg}: publish raised {history.failed[msg]}, delivered anyway", msg=msg
+            )
     for t, consumer, error in history.crashes:
         tally.add("crashed", f"{consumer} at {t:.3f}s: {error}")
     for group, entry_id in history.stranded:
@@ -202,6 +211,7 @@ def check(
         counts=tally.counts,
         examples={k: tuple(v) for k, v in tally.examples.items()},
         failing=failing,
+        messages={k: tuple(sorted(v)) for k, v in tally.messages.items()},
     )
 
 
@@ -217,9 +227,9 @@ def _lost(
             continue
         started = history.publish_started.get(msg, history.published[msg])
         if any(started <= restart for restart in history.restarts):
-            tally.add("lost_to_restart", f"{group}: message {msg} published before a restart")
+            tally.add("lost_to_restart", f"{group}: message {msg} published before a restart", msg=msg)
         else:
-            tally.add("lost", f"{group}: message {msg} published at {history.published[msg]:.3f}s")
+            tally.add("lost", f"{group}: message {msg} published at {history.published[msg]:.3f}s", msg=msg)
 
 
 def _counts(group: str, msg: int, handlings: list[Handling], tally: _Tally) -> None:

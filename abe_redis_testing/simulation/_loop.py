@@ -48,6 +48,23 @@ class _VirtualSelector:
         pass
 
 
+class _SimTask(asyncio.Task[Any]):
+    """A task whose hash is its creation number, not its address: code that keeps tasks in a
+    ``set`` and iterates it (``gather(*tasks)``) then visits them in the same order every run."""
+
+    _sim_hash = 0
+
+    def __hash__(self) -> int:
+        return self._sim_hash
+
+
+class _SimFuture(asyncio.Future[Any]):
+    _sim_hash = 0
+
+    def __hash__(self) -> int:
+        return self._sim_hash
+
+
 class SimLoop(asyncio.BaseEventLoop):
     """An event loop whose ``time()`` is virtual and whose scheduling choices come from ``rng``."""
 
@@ -58,6 +75,20 @@ class SimLoop(asyncio.BaseEventLoop):
         self._shuffle = shuffle
         self._selector = _VirtualSelector(self)
         self.iterations = 0
+        self._created = 0
+        self.set_task_factory(self._new_task)
+
+    def _new_task(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = _SimTask(coro, loop=loop, **kwargs)
+        self._created += 1
+        task._sim_hash = self._created
+        return task
+
+    def create_future(self) -> asyncio.Future[Any]:
+        future = _SimFuture(loop=self)
+        self._created += 1
+        future._sim_hash = self._created
+        return future
 
     def time(self) -> float:
         return self._now

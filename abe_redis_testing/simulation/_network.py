@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import contextvars
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio.connection as redis_connection
+from fakeredis._core._database import Database
 from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -78,8 +79,11 @@ class SimNetwork:
 
     # -- decisions ---------------------------------------------------------------------
 
-    def connection_latency(self) -> float:
+    def next_connection_number(self) -> int:
         self._connections += 1
+        return self._connections
+
+    def connection_latency(self) -> float:
         bound = self.faults.base_latency_ms
         return self._rng.uniform(0.0, bound) / 1000 if bound else 0.0
 
@@ -157,6 +161,12 @@ class SimConnection(FakeAsyncRedisConnection):
         self.generation = network.generation
         self.latency = network.connection_latency()
         self.last_command = ""
+        self._sim_hash = network.next_connection_number()
+
+    def __hash__(self) -> int:
+        # Pools keep connections in sets; hashing by number, not address, makes a pool visit
+        # them in the same order in every run of a seed.
+        return self._sim_hash
 
     async def _connect(self) -> None:
         network = self.network
@@ -212,8 +222,40 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
         kwargs["health_check_interval"] = 0
         return SimConnection(network=network, node=current_node.get(), **kwargs)
 
+    database_class: Any = Database
+    add_callback = database_class.add_change_callback
+
+    def add_change_callback(database: Any, callback: Callable[[], None]) -> None:
+        # fakeredis keeps the callbacks of blocked readers in a set of functions, iterated in
+        # memory-address order: which reader wakes first would differ between runs of a seed.
+        if not isinstance(database._change_callbacks, _InsertionOrdered):
+            database._change_callbacks = _InsertionOrdered.of(database._change_callbacks)
+        add_callback(database, callback)
+
     pool_class.make_connection = make_connection  # type: ignore[method-assign]
+    database_class.add_change_callback = add_change_callback
     try:
         yield
     finally:
         pool_class.make_connection = original  # type: ignore[method-assign]
+        database_class.add_change_callback = add_callback
+
+
+class _InsertionOrdered(dict[Any, None]):
+    """The part of ``set``'s interface fakeredis uses, iterated in insertion order."""
+
+    @classmethod
+    def of(cls, items: Iterable[Any]) -> _InsertionOrdered:
+        ordered = cls()
+        for item in items:
+            ordered.add(item)
+        return ordered
+
+    def add(self, item: Any) -> None:
+        self[item] = None
+
+    def remove(self, item: Any) -> None:
+        del self[item]
+
+    def discard(self, item: Any) -> None:
+        self.pop(item, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import hashlib
 import json
 import logging
@@ -115,7 +116,7 @@ def run_seed(
     loop = SimLoop(random.Random(f"{seed}:schedule"))
     sim = _Simulation(seed, spec, plan, loop, backend_factory or RedisStreamsBackend.from_url)
     started = time.perf_counter()
-    with virtual_world(loop, seed), sim_connections(sim.network), _logs(log_level):
+    with _no_gc(), virtual_world(loop, seed), sim_connections(sim.network), _logs(log_level):
         try:
             loop.run_until_complete(sim.main())
         finally:
@@ -148,6 +149,20 @@ def run_seed(
         stats=stats,
         trace=tuple(sim.trace) if keep_trace else (),
     )
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    # A collection mid-run finalizes objects (connections, generators) at a moment that depends
+    # on what ran before in the process; their finalizers can schedule callbacks. Collect before
+    # and after instead, so a seed replays the same in a fresh process and after other seeds.
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @contextlib.contextmanager

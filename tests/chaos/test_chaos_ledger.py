@@ -113,3 +113,20 @@ def test_first_delivery_after() -> None:
     deliveries = [Delivery(1.0, "c1", 3), Delivery(2.0, "c2", 3), Delivery(3.0, "c2", 4)]
     assert first_delivery_after(deliveries, 3, 1.5) == 2.0
     assert first_delivery_after(deliveries, 3, 2.5) is None
+
+
+def test_the_tally_comes_from_the_shared_history_checker() -> None:
+    ledger = _ledger(
+        published={1: 0.1, 2: 0.2},
+        failed={},
+        deliveries=[
+            Delivery(0.5, "c1", 1, "1-0", 2),
+            Delivery(0.6, "c2", 1, "1-0", 1),  # the count went backwards
+        ],
+    )
+    verdict = ledger.check()
+    t = tally(ledger)
+    assert (t.lost, t.lost_ids, t.duplicates) == (verdict.counts["lost"], (2,), verdict.counts["duplicated"])
+    assert t.anomalies["count_backwards"] == 1
+    assert t.anomalies["lost"] == 1
+    assert set(verdict.failures) == {"lost", "count_backwards"}
