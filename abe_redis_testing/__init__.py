@@ -7,14 +7,18 @@ Load it explicitly (it never autoloads)::
 or ``pytest_plugins = ["abe_redis_testing"]`` in a conftest, or ``addopts = -p abe_redis_testing``.
 ``pytest --fixtures`` lists what it provides; options are in the ``abe-redis`` group of
 ``pytest --help`` (``--abe-redis-*`` flags, ``abe_redis_*`` ini keys).
+
+Beyond the names below, the toolkit's modules are: :mod:`abe_redis_testing.contract` (the
+contract suite), :mod:`abe_redis_testing.faults` (network faults through Toxiproxy),
+:mod:`abe_redis_testing.toxiproxy` (the embedded Toxiproxy server and its client),
+:mod:`abe_redis_testing.servers` and :mod:`abe_redis_testing.fake` (servers and fakes).
 """
 
 from __future__ import annotations
 
 from ._plugin_backends import RedisBackendFactory
 from ._timings import FAST_SETTINGS
-from .containers import docker_available
-from .fake import FakeRedisStreamsBackend, make_fake_redis, new_fake_server
+from .fake import FakeRedisStreamsBackend
 from .servers import RedisEndpoint, RedisServer, ServerBinaryNotFound, ServerStartError
 
 # Each fixture family lives in its own module and registers its own options; pytest imports
@@ -35,7 +39,4 @@ __all__ = [
     "RedisServer",
     "ServerBinaryNotFound",
     "ServerStartError",
-    "docker_available",
-    "make_fake_redis",
-    "new_fake_server",
 ]

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from abe_redis_testing.contract import CAPABILITY_DESCRIPTIONS, Capabilities
+from abe_redis_testing.contract import Capabilities
+from abe_redis_testing.contract._capabilities import CAPABILITY_DESCRIPTIONS
 from abe_redis_testing.contract._payloads import strict_difference
 
 INI = "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n{extra}\n"
