@@ -13,6 +13,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from rich.table import Table
+from rich.text import Text
 
 from ._result import ScenarioResult
 
@@ -38,13 +39,22 @@ def recovery_text(result: ScenarioResult) -> str:
     return f"{_seconds(rec.resume_s)} / {_seconds(rec.drain_s)}{bound}"
 
 
+def published_text(result: ScenarioResult) -> str:
+    """Publishes that returned, then those that raised and how many of those arrived anyway."""
+    t = result.tally
+    if t is None:
+        return "—"
+    if not t.failed_publishes:
+        return str(t.published)
+    return f"{t.published} (+{t.failed_publishes} failed, {t.failed_but_delivered} delivered)"
+
+
 def row(result: ScenarioResult) -> tuple[str, ...]:
     t = result.tally
     if t is None:
         counts = ("—", "—", "—", "—")
     else:
-        published = f"{t.published}" + (f" (+{t.failed_publishes} failed)" if t.failed_publishes else "")
-        counts = (published, str(t.delivered), str(t.duplicates), str(t.lost))
+        counts = (published_text(result), str(t.delivered), str(t.duplicates), str(t.lost))
     return (result.name, result.fault, *counts, recovery_text(result), _VERDICT_MARK[result.verdict])
 
 
@@ -78,8 +88,9 @@ def summary_markdown(results: Sequence[ScenarioResult], meta: Mapping[str, Any])
         markdown_table(results),
         "",
         "*published*: publishes that returned (failed ones, which raised during the fault, are not "
-        "required to arrive). *delivered*: distinct messages received. *duplicates*: deliveries "
-        "beyond the first. *lost*: returned publishes never delivered — must be 0. *recovery*: "
+        "required to arrive; how many arrived anyway is shown). *delivered*: distinct messages "
+        "received. *duplicates*: deliveries beyond the first. *lost*: returned publishes never "
+        "delivered — must be 0. *recovery*: "
         "fault end → next delivery / → every message published before the fault end delivered "
         "(≤ the bound).",
         "",
@@ -116,13 +127,22 @@ _TOP = 40
 _AXIS = 'text-anchor="end" fill="#555"'
 
 
-def _points(values: Sequence[int], bin_s: float, x0: float, x_scale: float, y0: float, y_scale: float) -> str:
-    coords = []
+def rates(values: Sequence[int], bin_s: float, duration_s: float) -> list[tuple[float, float]]:
+    """(mid-time, per-second rate) of each bin. The last bin usually covers only part of
+    ``bin_s`` before the run ended; its rate is over the time it covers, so a run that stops
+    mid-bin does not end in a dip that looks like a stall."""
+    points = []
     for i, count in enumerate(values):
-        x = x0 + (i + 0.5) * bin_s * x_scale
-        y = y0 - (count / bin_s) * y_scale
-        coords.append(f"{x:.1f},{y:.1f}")
-    return " ".join(coords)
+        start = i * bin_s
+        width = min(bin_s, duration_s - start) if duration_s > start else bin_s
+        points.append((start + width / 2, count / width))
+    return points
+
+
+def _points(
+    points: Sequence[tuple[float, float]], x0: float, x_scale: float, y0: float, y_scale: float
+) -> str:
+    return " ".join(f"{x0 + t * x_scale:.1f},{y0 - rate * y_scale:.1f}" for t, rate in points)
 
 
 def throughput_svg(results: Sequence[ScenarioResult]) -> str:
@@ -144,11 +164,11 @@ def throughput_svg(results: Sequence[ScenarioResult]) -> str:
         top = _TOP + index * _PANEL
         base = top + _PANEL - 28
         plot_h = _PANEL - 46
-        duration = max(r.duration_s, len(r.delivered_per_bin) * r.bin_s, 1e-6)
-        x_scale = plot_w / duration
-        peak = max(
-            [1.0, *(c / r.bin_s for c in r.delivered_per_bin), *(c / r.bin_s for c in r.published_per_bin)]
-        )
+        duration = max(r.duration_s, 1e-6)
+        x_scale = plot_w / max(duration, len(r.delivered_per_bin) * r.bin_s)
+        delivered = rates(r.delivered_per_bin, r.bin_s, duration)
+        published = rates(r.published_per_bin, r.bin_s, duration)
+        peak = max([1.0, *(rate for _, rate in delivered), *(rate for _, rate in published)])
         y_scale = plot_h / peak
         out.append(f'<g id="{escape(r.name)}">')
         colour = "#1a7f37" if r.ok else "#cf222e"
@@ -170,10 +190,10 @@ def throughput_svg(results: Sequence[ScenarioResult]) -> str:
             f'<text x="{_LEFT - 4}" y="{base + 4}" {_AXIS}>0</text>'
             f'<text x="{_LEFT + plot_w}" y="{base + 14}" {_AXIS}>{duration:.1f} s</text>'
         )
-        if r.published_per_bin:
-            pts = _points(r.published_per_bin, r.bin_s, _LEFT, x_scale, base, y_scale)
+        if published:
+            pts = _points(published, _LEFT, x_scale, base, y_scale)
             out.append(f'<polyline points="{pts}" fill="none" stroke="#888" stroke-dasharray="4 3"/>')
-        pts = _points(r.delivered_per_bin, r.bin_s, _LEFT, x_scale, base, y_scale)
+        pts = _points(delivered, _LEFT, x_scale, base, y_scale)
         out.append(f'<polyline points="{pts}" fill="none" stroke="#0969da" stroke-width="1.5"/>')
         out.append("</g>")
     out.append("</svg>")
@@ -208,14 +228,28 @@ def write_report(results: Sequence[ScenarioResult], report_dir: Path, meta: Mapp
 
 
 def rich_table(results: Sequence[ScenarioResult], title: str = "Chaos scenarios") -> Table:
-    table = Table(title=title)
-    for column in COLUMNS:
-        table.add_column(
-            column, justify="right" if column in ("published", "delivered", "duplicates", "lost") else "left"
-        )
+    """The terminal summary, readable at 80 columns: the fault is shown under the scenario's name
+    and long cells fold instead of stretching the table."""
+    table = Table(title=Text(title), expand=False, padding=(0, 1))
+    table.add_column("scenario", overflow="fold", ratio=3)
+    table.add_column("published", justify="right", overflow="fold", ratio=2)
+    table.add_column("deliv.", justify="right", no_wrap=True)
+    table.add_column("dup.", justify="right", no_wrap=True)
+    table.add_column("lost", justify="right", no_wrap=True)
+    table.add_column("recovery", overflow="fold", ratio=2)
+    table.add_column("verdict", no_wrap=True)
     style = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "bold red"}
     for r in results:
-        cells = list(row(r))
-        cells[-1] = f"[{style[r.verdict]}]{cells[-1]}[/]"
-        table.add_row(*cells)
+        name, fault, published, delivered, duplicates, lost, recovery, verdict = row(r)
+        scenario = Text(name)
+        scenario.append("\n" + fault, style="dim")
+        table.add_row(
+            scenario,
+            Text(published),
+            delivered,
+            duplicates,
+            lost,
+            Text(recovery),
+            Text(verdict, style=style[r.verdict]),
+        )
     return table

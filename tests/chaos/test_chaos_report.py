@@ -35,7 +35,7 @@ def _results() -> list[ScenarioResult]:
     passed = ScenarioResult(
         "proxy-down",
         "proxy down | 2 s",  # a pipe must not break the Markdown table
-        tally=_tally(failed_publishes=7, duplicates=3),
+        tally=_tally(failed_publishes=7, failed_but_delivered=4, duplicates=3),
         recovery=Recovery(resume_s=0.4, drain_s=1.25),
         recovery_bound_s=7.3,
         fault_start_s=1.0,
@@ -77,7 +77,7 @@ def test_markdown_table_has_a_row_per_scenario_with_the_figures() -> None:
     assert len(lines) == 5
     down, limit, kill = lines[2:]
     assert down == (
-        "| proxy-down | proxy down \\| 2 s | 300 (+7 failed) | 300 | 3 | 0 "
+        "| proxy-down | proxy down \\| 2 s | 300 (+7 failed, 4 delivered) | 300 | 3 | 0 "
         "| 0.40 s / 1.25 s (≤ 7.3 s) | PASS |"
     )
     assert "| 2 | 0.00 s / — (≤ 7.3 s) | FAIL |" in limit
@@ -144,3 +144,24 @@ def test_rich_table_renders_every_scenario() -> None:
     text = console.export_text()
     for name in ("proxy-down", "limit-data", "redis-kill", "PASS", "FAIL", "skip"):
         assert name in text
+
+
+def test_the_last_partial_bin_is_a_rate_over_the_time_it_covers() -> None:
+    # 4.25 s of steady 10 messages/s in 0.5 s bins: the ninth bin covers only 0.25 s.
+    from chaos._report import rates
+
+    points = rates([5] * 8 + [2], 0.5, 4.25)
+    assert [rate for _, rate in points] == [10.0] * 8 + [8.0]
+    assert points[-1][0] == 4.125  # drawn at the middle of what it covers
+
+
+def test_the_terminal_table_fits_80_columns_and_shows_failed_publishes_that_arrived() -> None:
+    console = Console(width=80, record=True, color_system=None)
+    console.print(rich_table(_results()))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    assert "proxy-down" in text and "limit-data" in text
+    wide = Console(width=200, record=True, color_system=None)
+    wide.print(rich_table(_results()))
+    assert "300 (+7 failed, 4 delivered)" in wide.export_text()
