@@ -868,6 +868,28 @@ def render_targets(data: dict[str, Any]) -> Table:
     return table
 
 
+def render_markdown(data: dict[str, Any]) -> str:
+    """The table as Markdown, for docs/performance.md."""
+    lines = [
+        "| workload | impl | messages | msg/s | p50 ms | p99 ms | ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ratio_of = data["ratios"]
+    for row in data["results"]:
+        ratio = ratio_of.get(row["workload"], {}).get(row["impl"])
+        cells = [
+            row["workload"],
+            row["impl"],
+            f"{row['messages']:,}",
+            f"{row['msg_per_s']:,.0f}",
+            "" if row["p50_ms"] is None else f"{row['p50_ms']:.3f}",
+            "" if row["p99_ms"] is None else f"{row['p99_ms']:.3f}",
+            _ratio_cell(row, ratio),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_svg(data: dict[str, Any]) -> str:
     """A horizontal bar chart of msg/s per throughput workload: raw, ours and publisher."""
     colors = {"raw": "#8c8c8c", "ours": "#d62728", "publisher": "#1f77b4"}
@@ -911,7 +933,12 @@ def render_svg(data: dict[str, Any]) -> str:
         f'<rect width="100%" height="100%" fill="white"/>'
         f'<text x="4" y="20" font-size="14" font-weight="bold">{_xml(title)}</text>'
     )
-    return header + "".join(parts) + "</svg>\n"
+    legend = "".join(
+        f'<rect x="{label_w + 110 * i}" y="30" width="10" height="10" fill="{color}"/>'
+        f'<text x="{label_w + 110 * i + 14}" y="39" font-size="11">{impl}</text>'
+        for i, (impl, color) in enumerate(colors.items())
+    )
+    return header + legend + "".join(parts) + "</svg>\n"
 
 
 def _xml(text: str) -> str:
