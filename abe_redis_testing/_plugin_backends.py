@@ -42,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "abe_redis_fake: the test runs on the in-memory fake")
     config.addinivalue_line("markers", "abe_redis_real: the test runs on a real server")
+    # Checked here, at start-up, so a bad value is a usage message rather than a collection error.
+    _targets(config)
 
 
 def _targets(config: pytest.Config) -> list[str]:

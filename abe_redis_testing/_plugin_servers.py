@@ -125,7 +125,9 @@ def _strict(config: pytest.Config) -> bool:
 def unavailable(config: pytest.Config, reason: str) -> NoReturn:
     """Skip with ``reason``, or fail under ``--abe-redis-strict``."""
     if _strict(config):
-        pytest.fail(f"{reason} ({flag_name('strict')} is set, so this fails instead of skipping)")
+        pytest.fail(
+            f"{reason} ({flag_name('strict')} is set, so this fails instead of skipping)", pytrace=False
+        )
     pytest.skip(reason)
 
 

@@ -85,3 +85,35 @@ def test_every_script_example_runs_against_a_real_server(
     finally:
         client.flushall()
         client.close()
+
+
+# -- what a user sees when the plugin is misconfigured -------------------------------------------
+
+
+def test_a_bogus_target_is_a_usage_message(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(queue_backend_factory):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "abe_redis_testing", "-p", "no:valkey", "--abe-redis-targets=bogus"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --abe-redis-targets: unknown target(s)*bogus*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_strict_failure_says_why_without_a_traceback(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    pytester.makepyfile("def test_x(redis_server):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "abe_redis_testing",
+        "-p",
+        "no:valkey",
+        "--abe-redis-strict",
+        "--abe-redis-url=redis://127.0.0.1:1/0",
+    )
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert "--abe-redis-strict is set, so this fails instead of skipping" in text
+    assert "def unavailable" not in text and "_plugin_servers.py" not in text
