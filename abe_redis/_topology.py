@@ -27,6 +27,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import EqualJitterBackoff
+from redis.crc import key_slot
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -387,6 +388,31 @@ def build_client_for_url(
 
 
 # ---------------------------------------------------------------------------------------------
+# Keys that live on a chosen cluster node
+# ---------------------------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+
+
+def hash_tag_for_slots(slot_ranges: Sequence[tuple[int, int]], *, prefix: str = "abe-node-") -> str:
+    """A hash tag (the text to put between ``{`` and ``}``) whose slot lies in ``slot_ranges``.
+
+    Keys named ``…{tag}…`` then live on the node serving those slots: a per-node registry or
+    notification key. The first ``prefix<N>`` that fits is returned, so every process derives the
+    same tag from the same slot map. After resharding moves the slot, derive it again.
+    """
+    ranges = [(lo, hi) for lo, hi in slot_ranges if 0 <= lo <= hi < CLUSTER_SLOTS]
+    if not ranges:
+        raise ValueError(f"no slot in 0..{CLUSTER_SLOTS - 1} among {list(slot_ranges)!r}")
+    for n in range(CLUSTER_SLOTS * 64):
+        tag = f"{prefix}{n}"
+        slot = key_slot(tag.encode())
+        if any(lo <= slot <= hi for lo, hi in ranges):
+            return tag
+    raise ValueError(f"no tag {prefix}N hashes into {ranges!r}")  # pragma: no cover - a slot always fits
+
+
+# ---------------------------------------------------------------------------------------------
 # Access check
 # ---------------------------------------------------------------------------------------------
 
@@ -461,6 +487,7 @@ __all__ = [
     "build_retry",
     "build_topology_client",
     "check_access",
+    "hash_tag_for_slots",
     "parse_cluster_flag",
     "parse_topology",
 ]

@@ -408,6 +408,13 @@ class RedisClusterHandle:
                 return self._node_at(view.port)
         raise LookupError(f"no healthy master serves slot {slot}")
 
+    def slots_of(self, node: RedisServer) -> tuple[tuple[int, int], ...]:
+        """The slot ranges ``node`` serves now (empty for a replica)."""
+        for view in self._views():
+            if view.port == node.port:
+                return view.slots if view.is_master else ()
+        raise LookupError(f"{node.port} is not a node of this cluster")
+
     def replicas_of(self, master: RedisServer) -> list[RedisServer]:
         views = self._views()
         master_id = next(v.node_id for v in views if v.port == master.port)

@@ -17,6 +17,7 @@ from abe_redis._topology import (
     build_client_for_url,
     build_topology_client,
     check_access,
+    hash_tag_for_slots,
     parse_cluster_flag,
     parse_topology,
 )
@@ -185,6 +186,22 @@ async def test_cluster_client_keeps_writing_after_a_master_is_killed(
     after = await cluster_client.xadd(stream, {b"n": b"2"})
     entries = await cluster_client.xrange(stream)
     assert [entry_id for entry_id, _ in entries] == [before, after]
+
+
+async def test_per_node_keys_land_on_the_node_whose_slots_their_tag_hashes_to(
+    redis_cluster: RedisClusterHandle, cluster_client: RedisCluster
+) -> None:
+    masters = redis_cluster.masters
+    assert len(masters) == 3
+    for master in masters:
+        slots = redis_cluster.slots_of(master)
+        tag = hash_tag_for_slots(slots)
+        assert tag == hash_tag_for_slots(slots), "every process must derive the same tag"
+        key = f"abe-redis:{{{tag}}}:new-streams"
+        await cluster_client.xadd(key, {b"stream": b"orders"})
+        assert redis_cluster.master_for(key) is master
+    with pytest.raises(ValueError, match="no slot"):
+        hash_tag_for_slots([(20000, 30000)])
 
 
 # -- sentinel -----------------------------------------------------------------------------------
