@@ -494,55 +494,73 @@ class Workload:
         self.note("; ".join(parts))
 
     def _finish(self) -> None:
+        """Turn the ledger into the result: figures, timelines, and every verdict."""
         r = self.result
         r.duration_s = round(self.now(), 3)
-        t = tally(self.ledger)
-        r.tally = t
+        r.tally = tally(self.ledger)
         r.log_records_total = len(self._logs.records)
         r.bin_s = BIN_S
         r.delivered_per_bin = throughput(
             (d.t for d in self.ledger.deliveries), bin_s=BIN_S, duration=r.duration_s
         )
         r.published_per_bin = throughput(self._published_at, bin_s=BIN_S, duration=r.duration_s)
+        self._judge_delivery()
+        if r.fault_start_s is not None and r.fault_end_s is not None:
+            self._judge_recovery(r.fault_start_s, r.fault_end_s)
+            self._judge_outage(r.fault_start_s, r.fault_end_s)
+        self._add_notes()
+
+    def _judge_delivery(self) -> None:
+        r, t = self.result, self.result.tally
+        assert t is not None
         if t.lost:
             r.fail(f"{t.lost} message(s) published successfully were not delivered by the end of the run")
         if t.unknown:
             r.fail(f"{t.unknown} delivered message(s) were never published")
         if t.published == 0:
             r.fail("no publish returned: the scenario tested nothing")
-        if r.fault_start_s is None or r.fault_end_s is None:
-            return
-        r.recovery = recovery(self.ledger, r.fault_end_s)
+
+    def _judge_recovery(self, fault_start_s: float, fault_end_s: float) -> None:
+        r = self.result
+        r.recovery = recovery(self.ledger, fault_end_s)
         bound = r.recovery_bound_s
-        if bound is not None:
-            drain = r.recovery.drain_s
-            if drain is None:
-                pass  # already a lost-message failure
-            elif drain > bound:
-                r.fail(f"backlog drained {drain:.2f} s after the fault, bound {bound:g} s")
-            resume = r.recovery.resume_s
-            if resume is None:
-                r.fail("nothing was delivered after the fault ended")
-            elif resume > bound:
-                r.fail(f"first delivery {resume:.2f} s after the fault, bound {bound:g} s")
-        window = r.fault_end_s - r.fault_start_s
-        in_window = self._logs.between(r.fault_start_s, r.fault_end_s)
+        if bound is None:
+            return
+        drain = r.recovery.drain_s
+        # No drain at all is already a lost-message failure.
+        if drain is not None and drain > bound:
+            r.fail(f"backlog drained {drain:.2f} s after the fault, bound {bound:g} s")
+        resume = r.recovery.resume_s
+        if resume is None:
+            r.fail("nothing was delivered after the fault ended")
+        elif resume > bound:
+            r.fail(f"first delivery {resume:.2f} s after the fault, bound {bound:g} s")
+
+    def _judge_outage(self, fault_start_s: float, fault_end_s: float) -> None:
+        """Log records (always reported) and, while Redis was unreachable, CPU and log bounds."""
+        r = self.result
+        window = fault_end_s - fault_start_s
+        in_window = self._logs.between(fault_start_s, fault_end_s)
         r.log_records = len(in_window)
         r.log_budget = log_budget(self.consumers, window)
         if in_window:
             distinct = sorted({text for _, _, text in in_window})[:3]
             r.extra["log_samples"] = [redact_url(text)[:200] for text in distinct]
-        if r.outage:
-            r.cpu_bound_s = round(CPU_FRACTION * window + CPU_SLACK_S, 3)
-            if r.cpu_s is not None and r.cpu_s > r.cpu_bound_s:
-                r.fail(
-                    f"hot loop? {r.cpu_s:.2f} s CPU during a {window:.1f} s outage "
-                    f"(bound {r.cpu_bound_s:.2f} s)"
-                )
-            if r.log_records > r.log_budget:
-                r.fail(
-                    f"log flood: {r.log_records} abe_redis records during the outage (budget {r.log_budget})"
-                )
+        if not r.outage:
+            return
+        r.cpu_bound_s = round(CPU_FRACTION * window + CPU_SLACK_S, 3)
+        if r.cpu_s is not None and r.cpu_s > r.cpu_bound_s:
+            r.fail(
+                f"hot loop? {r.cpu_s:.2f} s CPU during a {window:.1f} s outage (bound {r.cpu_bound_s:.2f} s)"
+            )
+        if r.log_records > r.log_budget:
+            r.fail(f"log flood: {r.log_records} abe_redis records during the outage (budget {r.log_budget})")
+
+    def _add_notes(self) -> None:
+        r, t = self.result, self.result.tally
+        assert t is not None
+        # The backend reports claims only in its log ("claimed N ..."); until it offers a counter,
+        # that line is read here.
         claims = [text for _, _, text in self._logs.records if text.startswith("claimed ")]
         if claims:
             claimed = sum(int(text.split()[1]) for text in claims if text.split()[1].isdigit())

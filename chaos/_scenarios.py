@@ -256,6 +256,100 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 HOLD_TIMEOUT_S = 20.0
 
 
+class _Victim:
+    """The consumer process this scenario kills: it reports each message it handled ("done") and
+    the one it gets stuck on ("hold"), and is SIGKILLed the moment it holds one."""
+
+    def __init__(self, workload: Workload, process: asyncio.subprocess.Process) -> None:
+        self.workload = workload
+        self.process = process
+        self.held: tuple[int, str] | None = None
+        self.killed_at: float | None = None
+        self.killed = asyncio.Event()
+
+    @classmethod
+    async def start(cls, ctx: Context, workload: Workload) -> _Victim:
+        settings = ctx.settings.backend_kwargs()
+        settings.update(
+            url=workload.url,
+            group=workload.group,
+            streams=[workload.stream],
+            registry_key=workload.registry_key,
+            consumer_name="victim",
+            hold_after=5,
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
+        # Through the environment, not argv: a URL's password would show in ps.
+        env[SETTINGS_ENV] = json.dumps(settings)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "chaos.consumer_process",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd=str(_REPO_ROOT),
+        )
+        victim = cls(workload, process)
+        workload.spawn(victim.read_reports(), "victim-reports")
+        return victim
+
+    def kill(self) -> None:
+        self.process.kill()  # SIGKILL: no finally blocks, no ack, no release of its batch
+        if self.killed_at is None:
+            self.killed_at = self.workload.now()
+        self.killed.set()
+
+    async def read_reports(self) -> None:
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            word, *fields = raw.decode().split()
+            if word == "done":
+                self.workload.record("victim", int(fields[0]), fields[1], int(fields[2]))
+            elif word == "hold" and self.held is None:
+                self.held = (int(fields[0]), fields[1])
+                # At once: a handler stuck for claim_idle_ms is claimed from a *live* consumer
+                # too, and that is not the crash this scenario is about.
+                self.kill()
+
+    async def inject(self, w: Workload) -> None:
+        try:
+            async with asyncio.timeout(HOLD_TIMEOUT_S):
+                await self.killed.wait()
+        except TimeoutError:
+            w.result.fail(f"the consumer process did not get stuck on a message within {HOLD_TIMEOUT_S:g} s")
+            self.kill()
+        await self.process.wait()
+        assert self.killed_at is not None
+        w.fault_started(self.killed_at)
+        w.fault_ended(self.killed_at)
+
+    async def reap(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+def _judge_reclaim(result: ScenarioResult, workload: Workload, held: tuple[int, str] | None) -> None:
+    """The held message must reach another consumer within the claim bound after the kill."""
+    if held is None or result.fault_end_s is None:
+        return
+    msg, entry_id = held
+    others = [d for d in workload.ledger.deliveries if d.consumer != "victim"]
+    again = first_delivery_after(others, msg, result.fault_end_s)
+    result.extra["held_message"] = {"n": msg, "entry_id": entry_id}
+    result.extra["reclaim_s"] = None if again is None else round(again - result.fault_end_s, 3)
+    if again is None:
+        result.fail(f"the message the killed consumer held (#{msg}) was never redelivered")
+        return
+    bound = result.recovery_bound_s or 0.0
+    taken = again - result.fault_end_s
+    result.notes.append(f"held message #{msg} redelivered to another consumer {taken:.2f} s after the kill")
+    if taken > bound:
+        result.fail(f"held message reclaimed after {taken:.2f} s, bound {bound:g} s")
+
+
 async def consumer_kill(ctx: Context) -> ScenarioResult:
     proxy = ctx.env.proxy("consumer-kill")
     workload = Workload(
@@ -267,84 +361,14 @@ async def consumer_kill(ctx: Context) -> ScenarioResult:
         recovery_bound_s=ctx.claim_bound_s,
         outage=False,
     )
-    settings = ctx.settings.backend_kwargs()
-    settings.update(
-        url=workload.url,
-        group=workload.group,
-        streams=[workload.stream],
-        registry_key=workload.registry_key,
-        consumer_name="victim",
-        hold_after=5,
-    )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
-    env[SETTINGS_ENV] = json.dumps(settings)
-    held: list[tuple[int, str]] = []
-    killed_at: list[float] = []
-    killed = asyncio.Event()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chaos.consumer_process",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=env,
-        cwd=str(_REPO_ROOT),
-    )
-
-    async def read_reports() -> None:
-        assert process.stdout is not None
-        async for raw in process.stdout:
-            word, *fields = raw.decode().split()
-            if word == "done":
-                workload.record("victim", int(fields[0]), fields[1], int(fields[2]))
-            elif word == "hold" and not held:
-                held.append((int(fields[0]), fields[1]))
-                # At once: a handler stuck for claim_idle_ms is claimed from a *live* consumer
-                # too, and that is not the crash this scenario is about.
-                process.kill()  # SIGKILL: no finally blocks, no ack, no release of its batch
-                killed_at.append(workload.now())
-                killed.set()
-
-    workload.spawn(read_reports(), "victim-reports")
-
-    async def inject(w: Workload) -> None:
-        try:
-            async with asyncio.timeout(HOLD_TIMEOUT_S):
-                await killed.wait()
-        except TimeoutError:
-            w.result.fail(f"the consumer process did not get stuck on a message within {HOLD_TIMEOUT_S:g} s")
-            process.kill()
-            killed_at.append(w.now())
-        await process.wait()
-        w.fault_started(killed_at[0])
-        w.fault_ended(killed_at[0])
-
+    victim = await _Victim.start(ctx, workload)
     try:
-        result = await workload.run(inject)
+        result = await workload.run(victim.inject)
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await victim.reap()
         proxy.delete()
         await _cleanup_keys(ctx.env.direct_url, workload)
-    if held and result.fault_end_s is not None:
-        msg, entry_id = held[0]
-        again = first_delivery_after(
-            [d for d in workload.ledger.deliveries if d.consumer != "victim"], msg, result.fault_end_s
-        )
-        result.extra["held_message"] = {"n": msg, "entry_id": entry_id}
-        result.extra["reclaim_s"] = None if again is None else round(again - result.fault_end_s, 3)
-        if again is None:
-            result.fail(f"the message the killed consumer held (#{msg}) was never redelivered")
-        else:
-            bound = result.recovery_bound_s or 0.0
-            taken = again - result.fault_end_s
-            result.notes.append(
-                f"held message #{msg} redelivered to another consumer {taken:.2f} s after the kill"
-            )
-            if taken > bound:
-                result.fail(f"held message reclaimed after {taken:.2f} s, bound {bound:g} s")
+    _judge_reclaim(result, workload, victim.held)
     return result
 
 
