@@ -30,7 +30,7 @@ async def _run(args: argparse.Namespace, console: Console, url: str) -> int:
         if args.action == "list":
             return await _list(console, dead, args.key, args.count)
         if args.action == "replay":
-            return await _replay(console, dead, args.key, args.ids)
+            return await _replay(console, dead, args.key, args.ids, getattr(args, "to", None))
         return await _purge(console, dead, args.key)
 
 
@@ -79,18 +79,20 @@ def letters_table(key: str, letters: list[DeadLetter]) -> Table:
     return table
 
 
-async def _replay(console: Console, dead: DeadLetters, key: str, ids: list[str] | None) -> int:
+async def _replay(
+    console: Console, dead: DeadLetters, key: str, ids: list[str] | None, to: str | None = None
+) -> int:
     if ids:
-        known = {letter.id for letter in await dead.entries(key, count=2**31 - 1)}
-        unknown = [entry_id for entry_id in ids if entry_id not in known]
+        unknown = [entry_id for entry_id in ids if await dead.get(key, entry_id) is None]
         if unknown:
             # Nothing is replayed: a typo in one ID must not half-apply the request.
             raise CliError(f"no dead letter of {key} has id {', '.join(unknown)}; nothing replayed")
-    replayed = await dead.replay(key, ids)
+    target = to or key
+    replayed = await dead.replay(key, ids, to=to)
     if replayed == 0:
         console.print(plain(f"no dead letters of {key} to replay"))
     else:
-        console.print(plain(f"replayed {replayed} dead letter(s) of {key}"))
+        console.print(plain(f"replayed {replayed} dead letter(s) of {key} to {target}"))
     return 0
 
 

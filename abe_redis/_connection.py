@@ -23,6 +23,7 @@ from redis.exceptions import (
     AuthenticationWrongNumberOfArgsError,
     BusyLoadingError,
     NoPermissionError,
+    OutOfMemoryError,
     RedisError,
     ResponseError,
 )
@@ -153,6 +154,9 @@ async def fatal_or_raise[T](call: Awaitable[T], *, secrets: tuple[str | None, ..
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    # redis-py strips the "OOM" prefix when it maps the reply to OutOfMemoryError.
+    if isinstance(exc, OutOfMemoryError):
+        return True
     return isinstance(exc, ResponseError) and str(exc).startswith("OOM")
 
 

@@ -170,7 +170,9 @@ class GroupReader:
             if self._streams.due(now):
                 await self._discover()
             streams = self._streams.streams
-            room = self._config.effective_prefetch - len(leases)
+            # Entries parked for a dead-letter retry (Redis out of memory) wait outside the bound,
+            # or a consumer full of them would stop delivering good messages.
+            room = self._config.effective_prefetch - (len(leases) - len(self._parked))
             if room <= 0:
                 await asyncio.sleep(ACK_FLUSH_S)  # everything in room is awaiting its ack
                 return

@@ -41,6 +41,13 @@ class StreamRegistry:
         self._client = client
         self._config = config
         self._keys = config.keys
+        self._warned: set[str] = set()
+
+    def warn_not_a_stream(self, name: str, kind: str) -> None:
+        """One warning per key and backend, however many consumers meet it."""
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("skipping %r: it is a Redis %s, not a stream", name, kind)
 
     @property
     def notifications_key(self) -> str:
@@ -141,7 +148,6 @@ class StreamSet:
         self.streams: list[str] = []
         self._known: set[str] = set()
         self._bad: set[str] = set()
-        self._warned: set[str] = set()
         self._version: bytes | None = None
         self._next_poll = 0.0
         self._next_full = 0.0
@@ -194,7 +200,5 @@ class StreamSet:
         self.streams = sorted(self._known)
 
     def _skip(self, name: str, kind: str) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
-            log.warning("skipping %r: it is a Redis %s, not a stream", name, kind)
+        self._registry.warn_not_a_stream(name, kind)
         self._bad.add(name)

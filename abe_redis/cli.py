@@ -15,7 +15,15 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from . import ConfigurationError, __version__, _cli_dlq, _cli_info, _cli_tail, _cli_verify
+from . import (
+    AbeRedisError,
+    __version__,
+    _cli_dlq,
+    _cli_info,
+    _cli_streams,
+    _cli_tail,
+    _cli_verify,
+)
 from ._cli_common import CliError
 from ._redact import redact_text
 
@@ -162,8 +170,37 @@ def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="ID",
         help="replay only this dead letter (repeatable; as printed by 'dlq list'); default: all",
     )
+    replay.add_argument(
+        "--to",
+        metavar="STREAM",
+        help="append to this stream instead of KEY (never to a stream named inside a dead letter)",
+    )
     purge = action("purge", "delete every dead letter of KEY")
     purge.add_argument("key", metavar="KEY", help="the source key (stream)")
+
+
+def _add_streams(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    url = argparse.ArgumentParser(add_help=False)
+    url.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
+    streams = commands.add_parser(
+        "streams",
+        parents=[url],
+        help="list, retire or unretire the streams consumers read",
+        description=_doc(_cli_streams.__doc__),
+        formatter_class=_HelpFormatter,
+    )
+    actions = streams.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, summary in (
+        ("list", "registered and retired streams"),
+        ("retire", "stop every consumer reading KEY (its entries stay); running consumers follow"),
+        ("unretire", "let consumers read KEY again"),
+    ):
+        parser = actions.add_parser(
+            name, parents=[url], help=summary, description=summary, formatter_class=_HelpFormatter
+        )
+        parser.set_defaults(run=_cli_streams.run)
+        if name != "list":
+            parser.add_argument("key", metavar="KEY", help="the stream")
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -233,6 +270,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
     _add_info,
     _add_tail,
     _add_dlq,
+    _add_streams,
     _add_bench,
     _add_simulate,
 ]
@@ -248,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.run(args, Console())
-    except (CliError, ConfigurationError, RedisError, OSError) as exc:
+    except (CliError, AbeRedisError, RedisError, OSError) as exc:
         # One line instead of a traceback; a URL's password never appears.
         # Plain text: no wrapping, no emoji codes or markup read into the message.
         print(f"abe-redis {args.command}: {_one_line(exc)}", file=sys.stderr)
@@ -260,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(exc: BaseException) -> str:
     message = " ".join(str(exc).split())
-    if not isinstance(exc, CliError | ConfigurationError):
+    if not isinstance(exc, CliError | AbeRedisError):
         message = f"{type(exc).__name__}: {message}"
     return redact_text(message)
 

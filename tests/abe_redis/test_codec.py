@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -8,8 +9,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from abe_redis import InvalidKeyError, InvalidPayloadError, PoisonMessageError
+from abe_redis import DeadLetters, InvalidKeyError, InvalidPayloadError, PoisonMessageError
 from abe_redis._codec import check_key, decode_fields, encode_payload
+from abe_redis_testing import RedisBackendFactory
+
+from .helpers import take
 
 json_values = st.recursive(
     st.none()
@@ -100,3 +104,53 @@ def test_poison_is_recognised_with_a_reason(fields: Any, reason: str) -> None:
 
 def test_decode_accepts_str_fields_from_a_decoding_client() -> None:
     assert decode_fields({"payload": '{"a": 1}'}) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nests too deeply"),
+        (b'{"a": ' * 5000 + b"1" + b"}" * 5000, "nests too deeply"),
+        (b'{"x": NaN}', "NaN"),
+        (b'{"x": -Infinity}', "-Infinity"),
+        (b'{"x": "\\ud800"}', "lone surrogate"),
+    ],
+    ids=["deep-list", "deep-object", "nan", "infinity", "lone-surrogate"],
+)
+async def test_entries_publish_would_refuse_are_dead_lettered_between_good_neighbours(
+    queue_backend_factory: RedisBackendFactory, raw: bytes, reason: str
+) -> None:
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    await backend.publish("odd", {"n": 1})
+    await client.xadd("odd", {"payload": raw})
+    await backend.publish("odd", {"n": 2})
+    stream = backend.consume(group="g")
+    try:
+        got = await take(stream, 2)
+    finally:
+        await stream.aclose()
+    assert [m["n"] for m in got] == [1, 2]
+    [letter] = await DeadLetters(backend).entries("odd")
+    assert reason in letter.reason
+    assert letter.fields[b"payload"] == raw
+
+
+async def test_broadcast_skips_deeply_nested_entries_and_goes_on(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    backend = queue_backend_factory(mode="broadcast")
+    client: Any = queue_backend_factory.client()
+    await backend.publish("wide", {"n": 0})  # registers the stream
+    stream = backend.consume()
+    try:
+        pulling = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.3)  # the broadcast reader positions itself at "now"
+        await client.xadd("wide", {"payload": b"[" * 5000 + b"]" * 5000})
+        await backend.publish("wide", {"n": 1})
+        got = [await asyncio.wait_for(pulling, 10)]
+        while got[-1] != {"n": 1}:  # n=0 may or may not fall after the reader's start
+            got += await take(stream, 1)
+    finally:
+        await stream.aclose()
+    assert got in ([{"n": 1}], [{"n": 0}, {"n": 1}])

@@ -144,3 +144,50 @@ def test_urls_inside_messages_are_redacted() -> None:
     assert SECRET not in cleaned
     assert "redis://app:***@cache:6379/0" in cleaned
     assert redact_text(f"token {SECRET} leaked", (SECRET,)) == "token *** leaked"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://h/abc", "must be a database number"),
+        ("redis:/x", "no host in the URL"),
+        ("redis://", "no host in the URL"),
+        ("unix://", "needs the socket's path"),
+    ],
+)
+def test_malformed_urls_are_refused_instead_of_silently_defaulting(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        RedisConfig(url=url)
+
+
+def test_unix_and_database_urls_are_accepted() -> None:
+    assert RedisConfig(url="unix:///run/redis.sock").url == "unix:///run/redis.sock"
+    assert RedisConfig(url="redis://h:6380/3").url == "redis://h:6380/3"
+
+
+def test_every_backend_key_lives_under_the_key_prefix() -> None:
+    config = RedisConfig(key_prefix="app:abe:")
+    keys = config.keys
+    owned = [
+        keys.registry,
+        keys.registry_version,
+        keys.retired,
+        keys.notifications,
+        keys.consumers("g"),
+        keys.consumer_lock("g", "c"),
+        keys.holdings("g", "c"),
+    ]
+    assert all(key.startswith("app:abe:") for key in owned)
+    assert config.with_overrides(key_prefix="other:").registry_key == "other:streams"
+    assert RedisConfig(registry_key="mine").with_overrides(key_prefix="x:").registry_key == "mine"
+
+
+async def test_publish_after_aclose_is_refused() -> None:
+    from abe_redis import BackendClosedError
+
+    backend = RedisStreamsBackend(RedisConfig(url="redis://127.0.0.1:1/0"))
+    await backend.aclose()
+    with pytest.raises(BackendClosedError):
+        await backend.publish("k", {"n": 1})
+    with pytest.raises(BackendClosedError):
+        backend.consume()

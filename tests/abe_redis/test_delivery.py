@@ -264,7 +264,9 @@ async def test_automatic_consumer_names_are_forgotten_when_idle(
 
 async def _consumer_names(client: Any, stream: str, group: str) -> list[str]:
     return sorted(
-        (c.get(b"name") or c["name"]).decode() if isinstance(c.get(b"name") or c["name"], bytes) else c["name"]
+        (c.get(b"name") or c["name"]).decode()
+        if isinstance(c.get(b"name") or c["name"], bytes)
+        else c["name"]
         for c in await client.xinfo_consumers(stream, group)
     )
 
@@ -284,7 +286,9 @@ async def test_live_consumers_never_share_a_name(queue_backend_factory: RedisBac
         consumers.append(fourth)
         [got] = await take(fourth, 1)
         # It took the free name w-2 and the message w-2 released, never the one w-3 holds.
-        owners = {p["message_id"]: p["consumer"] for p in await client.xpending_range("named", "g", "-", "+", 10)}
+        owners = {
+            p["message_id"]: p["consumer"] for p in await client.xpending_range("named", "g", "-", "+", 10)
+        }
         assert b"w-2" in owners.values()
         assert got["i"] in {held[1]["i"], 3}
         assert got["i"] != held[2]["i"]

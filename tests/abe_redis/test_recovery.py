@@ -1,0 +1,108 @@
+"""Recovery: only handing a message to a caller counts as a delivery; nothing is stranded."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from abe_redis import DeadLetters
+from abe_redis_testing import RedisBackendFactory
+
+from .helpers import take
+
+
+class HandlerFailure(Exception):
+    pass
+
+
+async def test_retry_loop_dead_letters_only_what_a_handler_saw_max_deliveries_times(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The issue's repro: the handler fails its first 5 calls and the loop is re-entered after
+    each failure. Releasing the unseen prefetched messages on every exit must not count as
+    deliveries, so only a message the handler really received 5 times may be dead-lettered."""
+    backend = queue_backend_factory(max_deliveries=5)
+    for n in range(100):
+        await backend.publish("retry", {"n": n})
+    received: collections.Counter[int] = collections.Counter()
+    handled: set[int] = set()
+    calls = 0
+
+    async def handler(message: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        received[message["n"]] += 1
+        if calls <= 5:
+            raise HandlerFailure(f"call {calls}")
+        handled.add(message["n"])
+
+    dead_letters = DeadLetters(backend)
+
+    async def settled() -> bool:
+        return len(handled) + await dead_letters.count("retry") >= 100
+
+    async def run() -> None:
+        while not await settled():
+            try:
+                async for message in backend.consume(group="g"):
+                    await handler(message)
+                    if len(handled) + await dead_letters.count("retry") >= 100:
+                        return
+            except HandlerFailure:
+                continue  # the usual pattern: log, and consume again
+
+    await asyncio.wait_for(run(), 30)
+    letters = await dead_letters.entries("retry", count=200)
+    for letter in letters:
+        n = letter.payload["n"]
+        assert received[n] >= 5, f"message {n} dead-lettered after {received[n]} handler calls"
+        assert letter.delivery_count == received[n] + 1
+    assert handled | {letter.payload["n"] for letter in letters} == set(range(100))
+    assert len(letters) <= 1
+
+
+async def test_entries_of_a_foreign_consumer_are_claimed_after_the_claim_timeout(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """A consumer of another program (no heartbeat, no records) read and vanished: the rotating
+    sweep still finds its entries once idle past claim_idle_ms, and counts one more delivery."""
+    backend = queue_backend_factory(claim_idle_ms=300, claim_interval_ms=50)
+    client: Any = queue_backend_factory.client()
+    await backend.publish("foreign", {"n": 1})
+    await client.xgroup_create("foreign", "g", id="0")
+    await client.xreadgroup("g", "someone-else", {"foreign": ">"}, count=10)
+    stream = backend.consume(group="g")
+    try:
+        [message] = await take(stream, 1)
+    finally:
+        await stream.aclose()
+    assert message == {"n": 1}
+    assert message.delivery_count == 2
+
+
+async def test_sweeps_cost_does_not_grow_with_streams(queue_backend_factory: RedisBackendFactory) -> None:
+    """Per claim interval, the rotating sweep looks at ``sweep_streams`` streams, not all."""
+    from abe_redis._recovery import Recovery
+
+    backend = queue_backend_factory(sweep_streams=7, claim_interval_ms=50)
+    for n in range(40):
+        await backend.publish(f"s{n}", {"n": n})
+    looked: list[int] = []
+    original = Recovery._rotate
+
+    async def counting(self: Recovery, streams: list[str], room: int) -> Any:
+        before = self._rotation
+        result = await original(self, streams, room)
+        looked.append(self._rotation - before)
+        return result
+
+    Recovery._rotate = counting  # type: ignore[method-assign]
+    stream = backend.consume(group="g")
+    try:
+        await take(stream, 40)
+    finally:
+        Recovery._rotate = original  # type: ignore[method-assign]
+        await stream.aclose()
+    assert looked
+    assert max(looked) == 7

@@ -1,0 +1,115 @@
+"""The stream registry: register after success, skip non-streams, notify, retire."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from typing import Any
+
+import pytest
+
+from abe_redis import InvalidKeyError, RedisStreamsBackend
+from abe_redis_testing import RedisBackendFactory
+from abe_redis_testing.servers import RedisServer
+
+from .helpers import take
+
+
+async def test_a_failed_publish_registers_nothing_and_a_non_stream_member_stops_no_one(
+    queue_backend_factory: RedisBackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    registry_key = backend.config.registry_key
+    await client.set("plain", "a string, not a stream")
+    with pytest.raises(InvalidKeyError, match="'plain' holds another Redis type"):
+        await backend.publish("plain", {"n": 0})
+    assert not await client.sismember(registry_key, "plain")
+    # Someone (an older version, a person) put it there anyway.
+    await client.sadd(registry_key, "plain", "also-a-hash")
+    await client.hset("also-a-hash", "f", "v")
+    await backend.publish("good", {"n": 1})
+    consumer_backend = queue_backend_factory()
+    consumers = [consumer_backend.consume(group=g) for g in ("g1", "g2")]
+    try:
+        with caplog.at_level(logging.WARNING, logger="abe_redis"):
+            got = [await take(c, 1) for c in consumers]
+    finally:
+        for c in consumers:
+            await c.aclose()
+    assert got == [[{"n": 1}], [{"n": 1}]]
+    assert "skipping 'plain'" in caplog.text
+    assert "skipping 'also-a-hash'" in caplog.text
+    assert caplog.text.count("skipping 'plain'") == 1  # one warning per key and backend
+    assert await client.type("plain") == b"string"  # the consumers left it alone
+
+
+async def test_retired_stream_is_dropped_by_running_consumers(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    backend = queue_backend_factory()
+    await backend.publish("old", {"n": 0})
+    await backend.publish("new", {"n": 0})
+    stream = backend.consume(group="g")
+    try:
+        assert sorted(m.stream for m in await take(stream, 2)) == ["new", "old"]
+        assert await backend.registry.retire("old")
+        await asyncio.sleep(backend.config.discovery_interval_ms / 1000 * 3)
+        await backend.publish("old", {"n": 1})  # still written, but nobody reads it
+        await backend.publish("new", {"n": 1})
+        [after] = await take(stream, 1)
+        assert after.stream == "new"
+        assert await backend.registry.unretire("old")
+        [back] = await take(stream, 1)
+    finally:
+        await stream.aclose()
+    assert (back.stream, back["n"]) == ("old", 1)
+
+
+@pytest.mark.abe_redis_targets("redis", "valkey")
+async def test_new_stream_reaches_a_waiting_consumer_at_once_on_defaults(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Defaults: block_ms=1000, discovery_interval_ms=1000. The notification read inside the
+    blocking wait must bring a brand-new stream's first message in well under 250 ms."""
+    url = queue_backend_factory.url
+    assert url is not None
+    consumer_backend = RedisStreamsBackend.from_url(url)
+    publisher = RedisStreamsBackend.from_url(url)
+    latencies: list[float] = []
+    stream = consumer_backend.consume(group="g")
+    try:
+        await publisher.publish("warm-up", {"n": 0})
+        await take(stream, 1, wait_s=5)
+        for trial in range(5):
+            await asyncio.sleep(0.3)  # the consumer is now blocked in its wait
+            started = time.monotonic()
+            await publisher.publish(f"brand-new-{trial}", {"n": trial})
+            [message] = await take(stream, 1, wait_s=5)
+            latencies.append(time.monotonic() - started)
+            assert message["n"] == trial
+    finally:
+        await stream.aclose()
+        await consumer_backend.aclose()
+        await publisher.aclose()
+    assert statistics.median(latencies) <= 0.25, latencies
+    assert max(latencies) < 1.0, latencies
+
+
+async def test_registration_failure_after_a_written_message_does_not_raise(
+    redis_server_handle: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The XADD succeeded: raising now would make the caller publish the message twice."""
+    backend = RedisStreamsBackend.from_url(redis_server_handle.url)
+    client: Any = backend.client
+    await client.set(backend.config.registry_key, "not a set")
+    try:
+        with caplog.at_level(logging.WARNING, logger="abe_redis"):
+            await backend.publish("orders", {"n": 1})
+            await backend.publish("orders", {"n": 2})
+        assert await client.xlen("orders") == 2
+        assert caplog.text.count("could not add it to the stream registry") == 1
+    finally:
+        await backend.aclose()
