@@ -165,6 +165,6 @@ def test_the_terminal_table_fits_80_columns_and_shows_failed_publishes_that_arri
     assert max(len(line) for line in lines) <= 80
     text = "\n".join(lines)
     assert "proxy-down" in text and "limit-data" in text
-    wide = Console(width=200, record=True, color_system=None)
-    wide.print(rich_table(_results()))
-    assert "300 (+7 failed, 4 delivered)" in wide.export_text()
+    # The published cell folds within its column: "300 (+7 / failed, 4 / delivered)".
+    cells = "".join(line.split("│")[2].strip() for line in lines if line.count("│") > 2)
+    assert "300 (+7failed, 4delivered)" in cells
