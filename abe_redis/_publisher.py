@@ -170,7 +170,7 @@ class Publisher:
         await self._admit(entry.size)
         self._queue.append(entry)
         if not self._busy:
-            await self._lead()
+            await self._lead_for([entry])
         return _entry_id(await entry.waiter)
 
     async def xadd_many(
@@ -195,7 +195,7 @@ class Publisher:
             await self._admit(entry.size)
             self._queue.append(entry)
         if not self._busy:
-            await self._lead()
+            await self._lead_for(entries)
         results = [_entry_id(reply) for reply in await asyncio.gather(*(e.waiter for e in entries))]
         ids = [entry_id for entry_id in results if entry_id is not None]
         if len(ids) == len(results):
@@ -261,6 +261,15 @@ class Publisher:
             granted.set_result(None)
 
     # -- flushing --------------------------------------------------------------------------
+
+    async def _lead_for(self, entries: list[_Entry]) -> None:
+        try:
+            await self._lead()
+        except asyncio.CancelledError:
+            # Cancelled while sending: what had not left yet must not leave later.
+            for entry in entries:
+                entry.waiter.cancel()
+            raise
 
     async def _lead(self) -> None:
         """Send the queue's first batch from the caller's own task (no task switch for a lone
@@ -333,6 +342,7 @@ class Publisher:
         async def failed(error: Exception) -> None:
             pass
 
+        requeued: list[_Entry] = []  # few, and only when the sender is cancelled
         try:
             # The connection's own policy, as redis-py applies it to a single command.
             retry = (await self._connect()).retry
@@ -340,24 +350,30 @@ class Publisher:
         except BaseException as caught:
             exc = caught.error if isinstance(caught, _NotSent) else caught
             for entry in pending:
-                if not entry.waiter.done():
-                    if entry.maybe_written:
-                        error = PublishOutcomeUnknownError(entry.stream, exc)
-                        error.__cause__ = exc
-                        entry.waiter.set_exception(error)
-                        if not isinstance(exc, Exception):
-                            # A cancelled leader never awaits its own waiter; others still
-                            # get the error when they await theirs.
-                            entry.waiter.exception()
-                    elif isinstance(exc, Exception):
-                        entry.waiter.set_exception(exc)
-                    else:
-                        entry.waiter.cancel()
+                if entry.waiter.done():
+                    continue
+                if entry.maybe_written:
+                    error = PublishOutcomeUnknownError(entry.stream, exc)
+                    error.__cause__ = exc
+                    entry.waiter.set_exception(error)
+                    if not isinstance(exc, Exception):
+                        # A cancelled leader never awaits its own waiter; others still get
+                        # the error when they await theirs.
+                        entry.waiter.exception()
+                elif isinstance(exc, Exception):
+                    entry.waiter.set_exception(exc)
+                else:
+                    # The task sending this batch was cancelled before these entries left:
+                    # they go back to the front of the queue for the next sender, not to
+                    # callers who were never cancelled themselves.
+                    requeued.append(entry)
+            self._queue.extendleft(reversed(requeued))
             if not isinstance(exc, Exception):
                 raise
         finally:
             for entry in batch:
-                self._release(entry.size)
+                if entry not in requeued:
+                    self._release(entry.size)
 
     async def _round_trip(self, connection: AbstractConnection, pending: list[_Entry]) -> None:
         self.round_trips += 1

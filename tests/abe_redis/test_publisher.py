@@ -360,3 +360,36 @@ async def test_field_values_are_packed_like_redis_py(client: Redis) -> None:
     with pytest.raises(ValueError, match="at least one field"):
         await publisher.xadd("types", {}, maxlen=None, nomkstream=False)
     await publisher.aclose()
+
+
+async def test_a_cancelled_sender_does_not_strand_the_callers_queued_behind_it(redis_client: Redis) -> None:
+    publisher = Probe(redis_client)
+    await publisher.xadd("cancel", fields(i=0), maxlen=None, nomkstream=False)  # connects
+    connection = publisher._connection
+    assert connection is not None
+    real_read = connection.read_response
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def read_response(*args: Any, **kwargs: Any) -> Any:
+        reading.set()
+        await release.wait()
+        return await real_read(*args, **kwargs)
+
+    connection.read_response = read_response  # type: ignore[method-assign]
+    leader = asyncio.create_task(publisher.xadd("cancel", fields(i=1), maxlen=None, nomkstream=False))
+    await reading.wait()
+    connection.read_response = real_read  # type: ignore[method-assign]
+    followers = [
+        asyncio.create_task(publisher.xadd("cancel", fields(i=i), maxlen=None, nomkstream=False))
+        for i in range(2, 6)
+    ]
+    await asyncio.sleep(0)  # the followers queue behind the round trip in flight
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    ids = await asyncio.gather(*followers)
+    assert all(ids)
+    # The leader's entry was sent before it was cancelled (maybe written); the others all are.
+    assert [e[b"i"] for _, e in await redis_client.xrange("cancel")][-4:] == [b"2", b"3", b"4", b"5"]
+    assert publisher.queued_bytes == 0
+    await publisher.aclose()
