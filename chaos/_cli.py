@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from ._harness import ChaosSetupError, Environment
 from ._profiles import PROFILES, SETTINGS
@@ -91,7 +92,7 @@ async def _run_all(ctx: Context, names: Sequence[str], console: Console) -> list
     results = []
     for index, name in enumerate(names, 1):
         started = time.monotonic()
-        with console.status(f"[{index}/{len(names)}] {name}: {SCENARIOS[name].summary} …"):
+        with console.status(Text(f"[{index}/{len(names)}] {name}: {SCENARIOS[name].summary} …")):
             result = await run_scenario(SCENARIOS[name], ctx)
         colour = {"pass": "green", "fail": "red", "skip": "yellow", "error": "red"}[result.verdict]
         t = result.tally
@@ -100,12 +101,13 @@ async def _run_all(ctx: Context, names: Sequence[str], console: Console) -> list
             if t is None
             else f"published {t.published}, delivered {t.delivered}, dup {t.duplicates}, lost {t.lost}"
         )
-        console.print(
-            f"[{colour}]{result.verdict.upper():5}[/] {name:14} {counts}  recovery {recovery_text(result)}"
-            f"  ({time.monotonic() - started:.1f} s)"
-        )
+        line = Text(f"{result.verdict.upper():5}", style=colour)
+        line.append(f" {name:14} {counts}  recovery {recovery_text(result)}")
+        line.append(f"  ({time.monotonic() - started:.1f} s)")
+        console.print(line)
         for problem in result.problems:
-            console.print(f"      [{colour}]{problem}[/]")
+            # Problems quote server replies and payloads: literal text, never markup.
+            console.print(Text(f"      {problem}", style=colour))
         results.append(result)
     return results
 
@@ -115,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False, highlight=False)
     if args.list:
         for scenario in SCENARIOS.values():
-            console.print(f"{scenario.name:14} {scenario.summary}")
+            console.print(Text(f"{scenario.name:14} {scenario.summary}"))
         return EXIT_OK
     names = list(dict.fromkeys(args.scenario)) if args.scenario else list(SCENARIOS)
     profile = PROFILES[args.profile]
@@ -137,12 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ports=args.proxy_ports,
         )
     except (ChaosSetupError, ValueError) as exc:
-        console.print(f"[bold red]chaos: cannot set up:[/] {exc}")
+        console.print(Text(f"chaos: cannot set up: {exc}", style="bold red"))
         return EXIT_SETUP
     try:
         console.print(
-            f"chaos profile [bold]{profile.name}[/]: {len(names)} scenario(s); "
-            + ", ".join(f"{k} {v}" for k, v in env.describe().items())
+            Text(
+                f"chaos profile {profile.name}: {len(names)} scenario(s); "
+                + ", ".join(f"{k} {v}" for k, v in env.describe().items())
+            )
         )
         ctx = Context(env, profile, settings)
         results = asyncio.run(_run_all(ctx, names, console))
