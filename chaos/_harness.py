@@ -559,9 +559,9 @@ class Workload:
     def _add_notes(self) -> None:
         r, t = self.result, self.result.tally
         assert t is not None
-        # The backend reports claims only in its log ("claimed N ..."); until it offers a counter,
-        # that line is read here.
-        claims = [text for _, _, text in self._logs.records if text.startswith("claimed ")]
+        # The backend reports claims only in its log ("claiming N idle entries of ..."); until it
+        # offers a counter, that line is read here.
+        claims = [text for _, _, text in self._logs.records if text.startswith("claiming ")]
         if claims:
             claimed = sum(int(text.split()[1]) for text in claims if text.split()[1].isdigit())
             r.extra["claimed_entries"] = claimed
