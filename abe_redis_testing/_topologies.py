@@ -13,6 +13,7 @@ The cluster is built with ``CLUSTER ADDSLOTSRANGE`` / ``MEET`` / ``REPLICATE`` r
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import secrets
 import time
@@ -930,3 +931,35 @@ __all__ = [
     "delete_acl_user",
     "parse_cluster_nodes",
 ]
+
+
+def _timed[R](timings: dict[str, list[float]], label: str, action: Callable[[], R]) -> R:
+    began = time.monotonic()
+    result = action()
+    timings.setdefault(label, []).append(time.monotonic() - began)
+    return result
+
+
+def measure(binary_kinds: Sequence[str] = ("redis-server",), runs: int = 3) -> dict[str, dict[str, float]]:
+    """Boot, kill, restart and failover times of both topologies, median of ``runs``, in seconds."""
+    import statistics
+
+    from .servers import find_binary
+
+    out: dict[str, dict[str, float]] = {}
+    for kind in binary_kinds:
+        binary_kind: BinaryKind = "valkey" if kind == "valkey" else "redis-server"
+        binary = str(find_binary(binary_kind))
+        timings: dict[str, list[float]] = {}
+        for _ in range(runs):
+            with RedisClusterHandle(binary, kind=binary_kind) as cluster:
+                timings.setdefault("cluster boot", []).append(cluster.boot_seconds or 0.0)
+                killed = _timed(timings, "cluster kill_master", functools.partial(cluster.kill_master, "k"))
+                _timed(timings, "cluster restart", functools.partial(cluster.restart, killed))
+                _timed(timings, "cluster failover", functools.partial(cluster.failover, "k"))
+            with RedisSentinelHandle(binary, kind=binary_kind) as sentinel:
+                timings.setdefault("sentinel boot", []).append(sentinel.boot_seconds or 0.0)
+                _timed(timings, "sentinel failover", sentinel.failover)
+                _timed(timings, "sentinel kill_master", sentinel.kill_master)
+        out[kind] = {label: statistics.median(values) for label, values in timings.items()}
+    return out
