@@ -8,6 +8,7 @@ database number and only ever FLUSHDBs that one.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar, cast, get_args
@@ -20,6 +21,7 @@ import redis.asyncio
 from abe_redis_testing._options import add_option, flag_name, get_option
 from abe_redis_testing.containers import (
     DEFAULT_IMAGE,
+    ContainerRedisServer,
     container_start_errors,
     docker_available,
     start_redis_container,
@@ -30,6 +32,7 @@ from abe_redis_testing.servers import (
     STREAMS_BACKEND_COMMAND_NAMES,
     AclUser,
     BinaryKind,
+    NodeFactory,
     RedisClusterHandle,
     RedisEndpoint,
     RedisSentinelHandle,
@@ -46,7 +49,7 @@ from abe_redis_testing.servers import (
 URL_ENV = "ABE_REDIS_TEST_URL"
 SERVER_CHOICES = ("auto", "external", "container", "redis-server", "valkey")
 MARKER = "abe_redis_server"
-TOPOLOGY_KINDS = ("auto", "redis-server", "valkey")
+TOPOLOGY_KINDS = ("auto", "redis-server", "valkey", "container")
 _T = TypeVar("_T", RedisClusterHandle, RedisSentinelHandle)
 
 
@@ -82,8 +85,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_option(
         parser,
         "topology-kind",
-        "Server binary for redis_cluster / redis_sentinel nodes: auto (redis-server, else valkey), "
-        "redis-server or valkey.",
+        "What runs redis_cluster / redis_sentinel nodes: auto (redis-server, else valkey), "
+        "redis-server, valkey, or container (the --abe-redis-image on the host's network).",
         default="auto",
     )
     add_option(parser, "cluster-masters", "Masters in redis_cluster.", kind="int", default=3)
@@ -493,8 +496,21 @@ class _TopologyFactory:
         self._servers = servers
         self.started: list[RedisClusterHandle | RedisSentinelHandle] = []
 
-    def _binary(self, kind: str | None) -> tuple[BinaryKind, str]:
-        return self._servers.resolve(kind or _topology_kind(self._config))
+    def _nodes(self, kind: str | None) -> tuple[BinaryKind, str, NodeFactory]:
+        """Binary kind, binary and node factory; raises :class:`ServerBinaryNotFound` with the
+        reason when the chosen kind is not available here."""
+        chosen = kind or _topology_kind(self._config)
+        if chosen == "container":
+            check = docker_available(float(get_option(self._config, "docker_timeout")))
+            if not check:
+                raise ServerBinaryNotFound(f"container: {check.reason}")
+            image = str(get_option(self._config, "image"))
+            return "redis-server", "redis-server", functools.partial(ContainerRedisServer, image=image)
+        try:
+            binary_kind, binary = self._servers.resolve(chosen)
+        except ServerBinaryNotFound as exc:
+            raise ServerBinaryNotFound(f"no server binary: {exc}") from None
+        return binary_kind, binary, RedisServer
 
     @property
     def _startup_timeout(self) -> float:
@@ -513,8 +529,9 @@ class _TopologyFactory:
             raise
         return handle
 
-    def _unavailable(self, what: str, exc: Exception) -> NoReturn:
-        unavailable(self._config, f"{what}: {redact_url(str(exc))}")
+    def _unavailable(self, what: str, exc: BaseException) -> NoReturn:
+        detail = str(exc) if isinstance(exc, ServerBinaryNotFound) else f"{type(exc).__name__}: {exc}"
+        unavailable(self._config, f"{what}: {redact_url(detail)}")
 
     def close(self) -> None:
         for handle in reversed(self.started):
@@ -536,11 +553,12 @@ class RedisClusterFactory(_TopologyFactory):
         node_timeout_ms: int = 1000,
     ) -> RedisClusterHandle:
         """Start a cluster; raises ``ServerBinaryNotFound`` / ``ServerStartError``."""
-        binary_kind, binary = self._binary(kind)
+        binary_kind, binary, node_factory = self._nodes(kind)
         return self._keep(
             RedisClusterHandle(
                 binary,
                 kind=binary_kind,
+                node_factory=node_factory,
                 masters=masters if masters is not None else int(get_option(self._config, "cluster_masters")),
                 replicas_per_master=(
                     replicas_per_master
@@ -555,11 +573,11 @@ class RedisClusterFactory(_TopologyFactory):
         )
 
     def __call__(self, **settings: Any) -> RedisClusterHandle:
-        """Like :meth:`start`, but a missing binary skips the test (fails under strict)."""
+        """Like :meth:`start`, but a missing binary or Docker skips the test (fails under strict)."""
         try:
             return self.start(**settings)
-        except ServerBinaryNotFound as exc:
-            self._unavailable("redis_cluster: no server binary", exc)
+        except _skippable() as exc:
+            self._unavailable("redis_cluster", exc)
 
 
 class RedisSentinelFactory(_TopologyFactory):
@@ -578,11 +596,12 @@ class RedisSentinelFactory(_TopologyFactory):
         down_after_ms: int = 1000,
     ) -> RedisSentinelHandle:
         """Start a master, replicas and sentinels; raises ``ServerBinaryNotFound`` / ``ServerStartError``."""
-        binary_kind, binary = self._binary(kind)
+        binary_kind, binary, node_factory = self._nodes(kind)
         return self._keep(
             RedisSentinelHandle(
                 binary,
                 kind=binary_kind,
+                node_factory=node_factory,
                 master_name=master_name,
                 replicas=replicas,
                 sentinels=sentinels,
@@ -595,11 +614,17 @@ class RedisSentinelFactory(_TopologyFactory):
         )
 
     def __call__(self, **settings: Any) -> RedisSentinelHandle:
-        """Like :meth:`start`, but a missing binary skips the test (fails under strict)."""
+        """Like :meth:`start`, but a missing binary or Docker skips the test (fails under strict)."""
         try:
             return self.start(**settings)
-        except ServerBinaryNotFound as exc:
-            self._unavailable("redis_sentinel: no server binary", exc)
+        except _skippable() as exc:
+            self._unavailable("redis_sentinel", exc)
+
+
+def _skippable() -> tuple[type[BaseException], ...]:
+    # A missing binary or engine, or a container the engine could not run: the environment's
+    # fault, a skip. A node that started and misbehaved (ServerStartError) is a failure.
+    return (ServerBinaryNotFound, *container_start_errors())
 
 
 def _topology_kind(config: pytest.Config) -> str:

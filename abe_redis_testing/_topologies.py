@@ -46,6 +46,11 @@ _UNKNOWN_ACL_COMMAND = re.compile(r"modifier '\+([^']+)': Unknown command")
 _SENTINEL_PERIODS = ("INFO-PERIOD", "500", "PUBLISH-PERIOD", "500")
 
 
+NodeFactory = Callable[..., RedisServer]
+"""Builds one node from :class:`RedisServer`'s arguments: ``RedisServer`` itself for a local
+process, or e.g. ``functools.partial(ContainerRedisServer, image=…)`` for a container."""
+
+
 class TopologyNotReady(ServerStartError):
     """A cluster or sentinel deployment did not reach the awaited state; the message says what
     was still missing at the deadline."""
@@ -209,6 +214,7 @@ class RedisClusterHandle:
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         extra_args: Sequence[str] = (),
+        node_factory: NodeFactory = RedisServer,
     ) -> None:
         if masters < 1 or replicas_per_master < 0:
             raise ValueError(
@@ -234,7 +240,7 @@ class RedisClusterHandle:
             lines += [f"requirepass {password}", f"masterauth {password}"]
         self._bus_ports = [free_port(host) for _ in range(masters * (1 + replicas_per_master))]
         self.nodes: list[RedisServer] = [
-            RedisServer(
+            node_factory(
                 binary,
                 kind=kind,
                 host=host,
@@ -522,6 +528,7 @@ class RedisSentinelHandle:
         failover_timeout_ms: int = 5000,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        node_factory: NodeFactory = RedisServer,
     ) -> None:
         if replicas < 0 or sentinels < 1:
             raise ValueError(f"need replicas >= 0 and sentinels >= 1; got {replicas}, {sentinels}")
@@ -536,11 +543,12 @@ class RedisSentinelHandle:
         self.failover_timeout_ms = failover_timeout_ms
         self.startup_timeout = startup_timeout
         self.ready_timeout = ready_timeout
+        self._node_factory = node_factory
         data_lines = list(_FAST_SYNC)
         if password is not None:
             data_lines += [f"requirepass {password}", f"masterauth {password}"]
         self.data_nodes: list[RedisServer] = [
-            RedisServer(
+            node_factory(
                 binary,
                 kind=kind,
                 host=host,
@@ -626,7 +634,7 @@ class RedisSentinelHandle:
                 f"requirepass {self.sentinel_password}",
                 f"sentinel sentinel-pass {self.sentinel_password}",
             ]
-        return RedisServer(
+        return self._node_factory(
             self.binary,
             kind=self.kind,
             host=self.host,
@@ -923,6 +931,7 @@ __all__ = [
     "STREAMS_BACKEND_COMMAND_NAMES",
     "AclUser",
     "ClusterNodeView",
+    "NodeFactory",
     "RedisClusterHandle",
     "RedisSentinelHandle",
     "TopologyNotReady",

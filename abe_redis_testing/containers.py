@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from abe_redis_testing.servers import RedisEndpoint
+from abe_redis_testing.servers import (
+    _BIND_FAILURE_MARKERS,
+    RedisEndpoint,
+    RedisServer,
+    ServerStartError,
+    _BindFailed,
+    _register,
+    _unregister,
+)
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "ContainerRedisServer",
     "DockerCheck",
     "RedisContainerHandle",
     "container_start_errors",
@@ -146,3 +156,118 @@ def start_redis_container(image: str = DEFAULT_IMAGE) -> RedisContainerHandle:
     except BaseException:
         container.stop()
         raise
+
+
+class ContainerRedisServer(RedisServer):
+    """A :class:`RedisServer` whose process runs in a container of ``image`` on the host's network.
+
+    The command line, data dir (bind-mounted at the same path) and port are those of a local
+    process, so cluster and sentinel nodes announce loopback addresses the test process reaches,
+    and :meth:`kill` / :meth:`start` keep port and data. Host networking reaches the host's
+    loopback on a Linux engine; Docker Desktop needs its host-networking option. The container
+    runs as the calling user, so the node can write its data dir.
+    """
+
+    def __init__(
+        self,
+        binary: str | os.PathLike[str] = "redis-server",
+        *,
+        image: str = DEFAULT_IMAGE,
+        docker_timeout: float = DEFAULT_DOCKER_TIMEOUT,
+        **settings: Any,
+    ) -> None:
+        super().__init__(binary, **settings)
+        self.image = image
+        self.docker_timeout = docker_timeout
+        self._container: Any = None
+
+    @property
+    def is_running(self) -> bool:
+        if self._container is None:
+            return False
+        try:
+            self._container.reload()
+        except container_start_errors():
+            return False
+        return bool(self._container.status == "running")
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<ContainerRedisServer {self.image} {self.host}:{self.port} {state}>"
+
+    def _client(self) -> Any:
+        import docker
+
+        host = _docker_host()
+        if host:
+            return docker.DockerClient(base_url=host, timeout=max(self.docker_timeout, 30.0), version="auto")
+        return docker.from_env(timeout=max(self.docker_timeout, 30.0))
+
+    def _spawn_and_wait(self) -> None:
+        assert self.data_dir is not None
+        args = self.command_line()
+        data = str(self.data_dir)
+        self._container = self._client().containers.run(
+            self.image,
+            command=args,
+            network_mode="host",
+            volumes={data: {"bind": data, "mode": "rw"}},
+            user=f"{os.getuid()}:{os.getgid()}",
+            labels={"org.abe-redis.node": f"{self.host}:{self.port}"},
+            detach=True,
+        )
+        _register(self)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if not self.is_running:
+                tail = self.log_tail()
+                self._reap()
+                if any(marker in tail for marker in _BIND_FAILURE_MARKERS):
+                    raise _BindFailed
+                raise ServerStartError(
+                    f"container {self.image} for {self.host}:{self.port} exited before PING.\n{tail}"
+                )
+            if self.ping(timeout=0.5):
+                return
+            if time.monotonic() > deadline:
+                tail = self.log_tail()
+                self.kill()
+                raise ServerStartError(
+                    f"container {self.image} on {self.host}:{self.port} did not answer PING within "
+                    f"{self.startup_timeout:.1f}s.\n{tail}"
+                )
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._container is None:
+            return ""
+        try:
+            text = self._container.logs(tail=lines).decode(errors="replace")
+        except container_start_errors():
+            return ""
+        return str(text)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._container is not None:
+                with contextlib.suppress(*container_start_errors()):
+                    self._container.stop(timeout=int(timeout))
+            self._reap()
+
+    def kill(self) -> None:
+        with self._lock:
+            if self._container is not None:
+                with contextlib.suppress(*container_start_errors()):
+                    self._container.kill()
+            self._reap()
+
+    def _reap(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            with contextlib.suppress(*container_start_errors()):
+                container.remove(force=True)
+        _unregister(self)

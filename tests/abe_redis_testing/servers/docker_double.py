@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import re
 import struct
+import subprocess
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -38,6 +42,15 @@ class FakeContainer:
     status: str = "created"
     server: RedisServer | None = None
     exit_code: int = 0
+    network_mode: str = "default"
+    #: With ``NetworkMode: host`` the container's own command runs as a local process.
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    def refresh(self) -> None:
+        if self.process is not None and self.status == "running" and self.process.poll() is not None:
+            self.status = "exited"
+            self.exit_code = self.process.returncode
 
     def host_port(self) -> str:
         assert self.server is not None
@@ -49,6 +62,7 @@ class FakeContainer:
         return {port: [{"HostIp": "0.0.0.0", "HostPort": self.host_port()}] for port in self.exposed}
 
     def inspect(self) -> dict[str, Any]:
+        self.refresh()
         running = self.status == "running"
         return {
             "Id": self.id,
@@ -63,14 +77,19 @@ class FakeContainer:
                 "Restarting": False,
                 "Dead": False,
                 "ExitCode": self.exit_code,
-                "Pid": (self.server.pid or 0) if (running and self.server) else 0,
+                "Pid": self._pid() if running else 0,
             },
-            "HostConfig": {"NetworkMode": "default"},
+            "HostConfig": {"NetworkMode": self.network_mode},
             "NetworkSettings": {
                 "Ports": self.ports(),
                 "Networks": {"bridge": {"IPAddress": "127.0.0.1", "Gateway": "127.0.0.1"}},
             },
         }
+
+    def _pid(self) -> int:
+        if self.process is not None:
+            return self.process.pid
+        return (self.server.pid or 0) if self.server else 0
 
     def summary(self) -> dict[str, Any]:
         info = self.inspect()
@@ -125,6 +144,7 @@ class DockerDouble:
         for container in list(self.containers.values()):
             if container.server is not None:
                 container.server.cleanup()
+            self.stop_container(container, kill=True)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -153,17 +173,40 @@ class DockerDouble:
             cmd=list(cmd),
             labels=dict(body.get("Labels") or {}),
             exposed=sorted((body.get("ExposedPorts") or {}).keys()),
+            network_mode=str((body.get("HostConfig") or {}).get("NetworkMode") or "default"),
         )
         self.containers[container_id] = container
         return container
 
     def start_container(self, container: FakeContainer) -> None:
+        if container.network_mode == "host":
+            # On the host's network the command (port, bind, dir, config file) is used as given.
+            fd, name = tempfile.mkstemp(prefix="docker-double-", suffix=".log")
+            os.close(fd)
+            container.log_path = Path(name)
+            with container.log_path.open("ab") as log:
+                container.process = subprocess.Popen(
+                    [str(find_redis_server()), *container.cmd[1:]],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            container.status = "running"
+            return
         # The image's entrypoint runs ``redis-server <args>``; keep user args such as --requirepass.
         args = container.cmd[1:] if container.cmd and container.cmd[0] == "redis-server" else []
         container.server = RedisServer(find_redis_server(), extra_args=args).start()
         container.status = "running"
 
     def stop_container(self, container: FakeContainer, *, kill: bool = False) -> None:
+        if container.process is not None:
+            if container.process.poll() is None:
+                if kill:
+                    container.process.kill()
+                else:
+                    container.process.terminate()
+                container.process.wait(timeout=10)
+            container.exit_code = container.process.returncode
         if container.server is not None:
             if kill:
                 container.server.kill()
@@ -181,6 +224,8 @@ class DockerDouble:
 
     def logs(self, container: FakeContainer) -> bytes:
         text = container.server.log_tail(200) + "\n" if container.server else ""
+        if container.log_path is not None and container.log_path.exists():
+            text = container.log_path.read_text(errors="replace")
         payload = text.encode()
         # Non-TTY containers multiplex stdout/stderr: 8-byte header (stream, 0, 0, 0, big-endian size).
         return struct.pack(">BxxxL", 1, len(payload)) + payload if payload else b""
@@ -326,6 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, f"No such container: {match.group(1)}")
             return True
         container = found
+        container.refresh()
         if action == "/json" and method == "GET":
             self._json(200, container.inspect())
         elif action == "/start" and method == "POST":

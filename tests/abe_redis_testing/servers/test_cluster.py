@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import redis
 
+from abe_redis_testing.containers import DEFAULT_IMAGE, ContainerRedisServer
 from abe_redis_testing.servers import (
     CLUSTER_SLOTS,
     RedisClusterHandle,
     RedisServer,
     parse_cluster_nodes,
 )
+
+from .docker_double import DockerDouble
 
 
 def _client(node: RedisServer, password: str | None = None) -> redis.Redis:
@@ -135,3 +140,26 @@ def test_factory_starts_a_second_differently_configured_cluster(
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="at least one master"):
         RedisClusterHandle("redis-server", masters=0)
+
+
+def test_cluster_of_containers_through_the_docker_double(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container path: each node is ``docker run --network host <image> redis-server …``;
+    the Engine API double runs that command as a local process, as a Linux engine would."""
+    with DockerDouble() as double:
+        monkeypatch.setenv("DOCKER_HOST", double.docker_host)
+        factory = functools.partial(ContainerRedisServer, image=DEFAULT_IMAGE)
+        with RedisClusterHandle(
+            "redis-server", masters=3, replicas_per_master=0, node_factory=factory
+        ) as cluster:
+            assert all(isinstance(node, ContainerRedisServer) for node in cluster.nodes)
+            assert len(cluster.masters) == 3
+            created = list(double.containers.values())
+            assert len(created) == 3
+            assert {c.network_mode for c in created} == {"host"}
+            assert all(c.image == DEFAULT_IMAGE and c.cmd[0] == "redis-server" for c in created)
+            node = cluster.nodes[1]
+            node.kill()
+            assert not node.is_running
+            cluster.restart(node)
+            assert node.is_running and len(cluster.masters) == 3
+        assert double.containers == {}, "every container is removed with the cluster"

@@ -237,6 +237,26 @@ def test_topology_fixtures_skip_without_a_binary_and_fail_under_strict(
     nothing_available.runpytest(*args, "--abe-redis-strict").assert_outcomes(errors=2)
 
 
+def test_container_topologies_skip_without_docker(inner: pytest.Pytester, no_docker: str) -> None:
+    inner.makepyfile(
+        """
+        def test_cluster(redis_cluster):
+            raise AssertionError("must not run")
+
+        def test_sentinel(redis_sentinel):
+            raise AssertionError("must not run")
+        """
+    )
+    result = inner.runpytest("-p", PLUGIN, "-rs", "--abe-redis-topology-kind=container")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"*redis_cluster: container: Docker is not reachable at {no_docker}*",
+            f"*redis_sentinel: container: Docker is not reachable at {no_docker}*",
+        ]
+    )
+
+
 def test_bad_topology_kind_is_a_usage_error(inner: pytest.Pytester) -> None:
     inner.makepyfile(KIND_PROBE)
     result = inner.runpytest("-p", PLUGIN, "--abe-redis-topology-kind=docker")
