@@ -19,6 +19,7 @@ than ``max_deliveries`` times, go to the dead letters (:mod:`.dead_letters`), ne
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -117,6 +118,7 @@ class GroupReader:
         self._wake = asyncio.Event()
         self._background_error: BaseException | None = None
         self._iterating: asyncio.Task[Any] | None = None
+        self._closed = False
         self._resumed = False
         self._orphan_check: set[str] = set()
         self._next_sweep = 0.0
@@ -130,29 +132,77 @@ class GroupReader:
     # -- the loop ------------------------------------------------------------------------
 
     async def messages(self) -> AsyncGenerator[ReceivedMessage]:
-        in_hand: ReceivedMessage | None = None
+        """The generator ``consume()`` returns: each message is done once the next is asked for."""
         try:
             while True:
-                self._iterating = asyncio.current_task()
-                if not self._buffer:
-                    await self._fill()
-                    continue
-                message = self._buffer.popleft()
-                leases, acks = self._parts()
-                if leases.stale(message.stream) and message.message_id in await leases.verify(message.stream):
-                    continue  # a peer claimed it while this consumer stalled: it is theirs now
-                leases.hand(message.stream, message.message_id)
-                in_hand = message
+                message = await self.receive()
                 yield message
-                self._iterating = asyncio.current_task()
-                in_hand = None
-                # The caller asked for the next message: it is done with this one.
-                acks.add(message)
-                self._wake.set()
-                if acks.due():
-                    await self._guarded(acks.flush())
+                self.done(message)  # the caller asked for the next message: it is done with this one
         finally:
-            await self._close(in_hand)
+            await self.aclose()
+
+    # -- the engine's interface, for the generator above and for consumer runners ------------
+
+    async def receive(self) -> ReceivedMessage:
+        """The next message, handed to the caller. It stays leased — renewed in the background,
+        never claimable by a peer — until :meth:`done`, :meth:`release` or :meth:`dead_letter`."""
+        self._iterating = asyncio.current_task()
+        await self._flush_due_acks()
+        while True:
+            if not self._buffer:
+                await self._fill()
+                continue
+            message = self._buffer.popleft()
+            leases, _ = self._parts()
+            if leases.stale(message.stream) and message.message_id in await leases.verify(message.stream):
+                continue  # a peer claimed it while this consumer stalled: it is theirs now
+            leases.hand(message.stream, message.message_id)
+            return message
+
+    def done(self, message: ReceivedMessage) -> None:
+        """``message`` was handled: acknowledge it with the next batch (within ``ACK_FLUSH_S``)."""
+        _, acks = self._parts()
+        acks.add(message)
+        self._wake.set()
+
+    async def hand_again(self, message: ReceivedMessage) -> None:
+        """Count another delivery of a held message that this consumer is about to retry
+        itself; the count is kept in Redis, so it survives a restart."""
+        leases, _ = self._parts()
+        message.delivery_count = await leases.hand_again(message.stream, message.message_id)
+
+    async def release(self, messages: list[ReceivedMessage]) -> None:
+        """Give held messages back now: claimable by any consumer at once."""
+        leases, _ = self._parts()
+        await leases.release([(m.stream, m.message_id) for m in messages])
+
+    async def dead_letter(
+        self, message: ReceivedMessage, reason: str, *, error_type: str | None = None
+    ) -> None:
+        """Move a held message to its dead-letter stream with ``reason``, then acknowledge it."""
+        leases, _ = self._parts()
+        count = leases.count(message.stream, message.message_id) or message.delivery_count
+        fields = await self._client.xrange(
+            message.stream, min=message.message_id, max=message.message_id, count=1
+        )
+        await write_dead_letter(
+            self._client,
+            self._config,
+            stream=message.stream,
+            entry_id=message.message_id,
+            fields=fields[0][1] if fields else {b"payload": json.dumps(dict(message)).encode()},
+            reason=reason,
+            group=self.group,
+            consumer=self.consumer,
+            delivery_count=count,
+            error_type=error_type,
+        )
+        message.acked = True
+        leases.drop(message.stream, (message.message_id,))
+
+    async def _flush_due_acks(self) -> None:
+        if self._acks is not None and self._acks.due():
+            await self._guarded(self._acks.flush())
 
     def _parts(self) -> tuple[LeaseTable, AckQueue]:
         assert self._leases is not None and self._acks is not None
@@ -193,7 +243,12 @@ class GroupReader:
 
     async def _start(self) -> None:
         self._taker = dedicated_client(self._client)
-        name = await self._membership.join()
+        try:
+            name = await self._membership.join()
+        except ResponseError as exc:
+            if is_wrong_type(exc):
+                raise self._own_key_error(exc) from None
+            raise
         # Only a configured name can have a previous incarnation with entries to resume.
         self._resumed = not self._membership.configured
         config = self._config
@@ -223,15 +278,19 @@ class GroupReader:
             added = await self._streams.refresh()
         except ResponseError as exc:
             if is_wrong_type(exc):
-                raise RedisSetupError(
-                    f"one of the backend's own keys ({self._config.registry_key!r} or keys under "
-                    f"{self._config.key_prefix!r}) holds the wrong type: {exc}"
-                ) from None
+                raise self._own_key_error(exc) from None
             raise
         if added:
             await self._create_groups(added, self._config.group_start_id)
             self._planner.track(self._streams.streams)
             self._orphan_check.update(added)
+
+    def _own_key_error(self, exc: ResponseError) -> RedisSetupError:
+        return RedisSetupError(
+            f"one of the backend's own keys ({self._config.registry_key!r} or keys under "
+            f"{self._config.key_prefix!r}) holds the wrong type; delete it or change "
+            f"REDIS_KEY_PREFIX: {exc}"
+        )
 
     async def _create_groups(self, streams: list[str], start_id: str) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
@@ -487,9 +546,12 @@ class GroupReader:
 
     # -- leaving -------------------------------------------------------------------------
 
-    async def _close(self, in_hand: ReceivedMessage | None) -> None:
+    async def aclose(self) -> None:
         """Acknowledge what the caller finished; release everything else so that peers can take
-        it at once (the message in hand included: it may not have been handled)."""
+        it at once (messages in hand included: they may not have been handled). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._on_close is not None:
             self._on_close()
         if self._maintenance is not None:
@@ -499,8 +561,6 @@ class GroupReader:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 if self._leases is not None and self._acks is not None:
                     await self._acks.flush()  # the caller moved past these: they are handled
-                    if in_hand is not None and in_hand.acked:
-                        self._leases.drop(in_hand.stream, (in_hand.message_id,))
                     self._buffer.clear()
                     await self._leases.release()
                 if self._membership.name:

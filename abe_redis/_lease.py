@@ -147,10 +147,34 @@ class LeaseTable:
             self._refreshed_at[stream] = sent
         return lost
 
-    async def release(self) -> None:
-        """Make everything held claimable at once, counting no delivery for unhanded entries."""
+    def count(self, stream: str, entry_id: str) -> int | None:
+        lease = self._held.get(stream, {}).get(entry_id)
+        return lease.count if lease is not None else None
+
+    async def hand_again(self, stream: str, entry_id: str) -> int:
+        """Count one more delivery of a held entry (a retry within this consumer), in Redis too,
+        so that the attempt survives a restart. Returns the new count."""
+        lease = self._held[stream][entry_id]
+        await self._client.xclaim(
+            stream, self._group, self.consumer, 0, [entry_id], retrycount=lease.count + 1, justid=True
+        )
+        lease.count += 1
+        lease.handed = True
+        return lease.count
+
+    async def release(self, entries: Iterable[tuple[str, str]] | None = None) -> None:
+        """Make held entries (default: all) claimable at once, counting no delivery for the
+        ones never handed out."""
+        if entries is None:
+            chosen = self._held
+        else:
+            chosen = {}
+            for stream, entry_id in entries:
+                lease = self._held.get(stream, {}).get(entry_id)
+                if lease is not None:
+                    chosen.setdefault(stream, {})[entry_id] = lease
         async with self._client.pipeline(transaction=False) as pipe:
-            for stream, held in self._held.items():
+            for stream, held in chosen.items():
                 by_count: dict[int | None, list[str]] = {}
                 for entry_id, lease in held.items():
                     # Handed entries keep their count; unhanded ones give back the take's +1.
@@ -169,7 +193,11 @@ class LeaseTable:
                     )
             if len(pipe):
                 await pipe.execute()
-        self.clear()
+        if entries is None:
+            self.clear()
+        else:
+            for stream, held in chosen.items():
+                self.drop(stream, list(held))
 
 
 def _text(value: bytes | str) -> str:

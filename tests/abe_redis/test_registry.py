@@ -113,3 +113,19 @@ async def test_registration_failure_after_a_written_message_does_not_raise(
         assert caplog.text.count("could not add it to the stream registry") == 1
     finally:
         await backend.aclose()
+
+
+async def test_a_backend_key_of_the_wrong_type_is_a_clear_error_not_a_retry_loop(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    from abe_redis import RedisSetupError
+
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    await client.set(backend.config.keys.consumers("g"), "not a sorted set")
+    stream = backend.consume(group="g")
+    try:
+        with pytest.raises(RedisSetupError, match="holds the wrong type"):
+            await asyncio.wait_for(anext(stream), 10)
+    finally:
+        await stream.aclose()
