@@ -327,6 +327,71 @@ def test_cluster_is_healed_and_emptied_between_tests(inner: pytest.Pytester) -> 
     inner.runpytest("-p", PLUGIN, "-p", "no:randomly").assert_outcomes(passed=2)
 
 
+FACTORY_CONFTEST = """
+from abe_redis_testing import factories
+
+redis_aof = factories.redis_server(kind="valkey", appendonly=True)
+redis_aof_client = factories.redis_client("redis_aof", decode_responses=True)
+redis_plain = factories.redis_server(kind="redis-server", scope="function")
+redis_plain_client = factories.redis_client("redis_plain")
+one_node_cluster = factories.redis_cluster(masters=1, replicas_per_master=0, scope="module")
+lone_sentinel = factories.redis_sentinel(master_name="solo", replicas=0, sentinels=1, scope="module")
+"""
+
+FACTORY_USER = """
+import json, pathlib
+import pytest
+
+async def test_a_configured_server(redis_aof, redis_aof_client, redis_plain, redis_plain_client):
+    assert redis_aof.kind == "valkey" and redis_aof.appendonly
+    assert await redis_aof_client.config_get("appendonly") == {"appendonly": "yes"}
+    await redis_aof_client.set("k", "kept")
+    redis_aof.restart(graceful=False)
+    await redis_aof_client.connection_pool.disconnect()  # its connection died with the process
+    assert await redis_aof_client.get("k") == "kept"
+    assert redis_plain.kind == "redis-server" and redis_plain.port != redis_aof.port
+    assert (await redis_plain_client.config_get("appendonly"))["appendonly"] in ("no", b"no")
+    await redis_plain_client.set("k", "raw")
+    assert await redis_plain_client.get("k") == b"raw"  # decode_responses only on the other one
+    pathlib.Path("ports.json").write_text(json.dumps([redis_aof.port, redis_plain.port]))
+
+async def test_b_clients_left_the_servers_empty(redis_aof, redis_aof_client, redis_plain):
+    assert await redis_aof_client.dbsize() == 0
+    before = json.loads(pathlib.Path("ports.json").read_text())
+    assert redis_aof.port == before[0], "session scope: the same server"
+
+def test_c_topologies_of_a_chosen_shape(one_node_cluster, lone_sentinel):
+    (node,) = one_node_cluster.nodes
+    assert one_node_cluster.slots_of(node) == ((0, 16383),)
+    assert len(lone_sentinel.sentinels) == 1 and lone_sentinel.url.endswith("/solo/0")
+"""
+
+
+def test_fixture_factories_declare_differently_configured_servers(inner: pytest.Pytester) -> None:
+    inner.makeconftest(FACTORY_CONFTEST)
+    inner.makepyfile(FACTORY_USER)
+    inner.runpytest("-p", "abe_redis_testing", "-p", "no:randomly").assert_outcomes(passed=3)
+
+
+def test_fixture_factory_client_refuses_a_fixture_that_is_no_server(inner: pytest.Pytester) -> None:
+    inner.makeconftest(
+        """
+        import pytest
+        from abe_redis_testing import factories
+
+        @pytest.fixture
+        def not_a_server():
+            return 42
+
+        bad_client = factories.redis_client("not_a_server")
+        """
+    )
+    inner.makepyfile("def test_bad(bad_client):\n    pass\n")
+    result = inner.runpytest("-p", "abe_redis_testing")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*redis_client('not_a_server'): that fixture returned int*"])
+
+
 # -- external servers -----------------------------------------------------------------------------
 
 
