@@ -112,12 +112,38 @@ class Settings:
     sizes: tuple[int, ...] = (100, 1000, 10_000)
     streams: int = 16
     skip: tuple[str, ...] = ()
+    rounds: int = 3
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(
-            count=1000, backlog=2000, latency_seconds=0.4, rss_count=4000, sizes=(100, 10_000), streams=4
+            count=1000,
+            backlog=2000,
+            latency_seconds=0.4,
+            rss_count=4000,
+            sizes=(100, 10_000),
+            streams=4,
+            rounds=1,
         )
+
+
+def best_rounds(results: list[Result]) -> list[Result]:
+    """One result per workload and implementation: the round with the highest msg/s (for the
+    latency workload, the lowest p99), with how many rounds ran and how far apart they were."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for result in results:
+        groups.setdefault((result.workload, result.impl), []).append(result)
+    best: list[Result] = []
+    for (workload, _), runs in groups.items():
+        if workload == "end-to-end latency":
+            chosen = min(runs, key=lambda r: r.p99_ms if r.p99_ms is not None else math.inf)
+        else:
+            chosen = max(runs, key=lambda r: r.rate)
+        rates = [r.rate for r in runs]
+        chosen.extra["rounds"] = len(runs)
+        chosen.extra["rate_spread"] = max(rates) / min(rates) if min(rates) > 0 else 0.0
+        best.append(chosen)
+    return best
 
 
 TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
@@ -192,17 +218,27 @@ class Bench:
             ("RSS over messages", self.rss),
             ("scaling", self.scaling),
         ]
-        overall = self.progress.add_task("abe-redis bench", total=len(workloads))
+        chosen = [(name, workload) for name, workload in workloads if not self.skipped(name)]
+        # Every round runs each workload once more, raw and ours back to back, so a burst of
+        # other load on the machine hits one round, not one side; the best round counts. The
+        # RSS workload measures growth, not speed, and runs once.
+        plan = [
+            (name, workload)
+            for round_ in range(s.rounds)
+            for name, workload in chosen
+            if round_ == 0 or name != "RSS over messages"
+        ]
+        overall = self.progress.add_task("abe-redis bench", total=len(plan))
         try:
-            for name, workload in workloads:
-                if not self.skipped(name):
-                    self.progress.update(overall, description=name)
-                    await workload()
-                    await self.cleanup()
+            for name, workload in plan:
+                self.progress.update(overall, description=name)
+                await workload()
+                await self.cleanup()
                 self.progress.advance(overall)
         finally:
             await self.cleanup()
             await self.raw.aclose()
+        self.results = best_rounds(self.results)
         return self.results
 
     # -- publishing ------------------------------------------------------------------------

@@ -80,3 +80,21 @@ def _bench_keys(url: str) -> list[bytes]:
         return list(client.scan_iter(match="abe-redis-bench:*"))
     finally:
         client.close()
+
+
+def test_the_best_round_counts_and_the_spread_is_kept() -> None:
+    from abe_redis._bench import Result, best_rounds
+
+    runs = [
+        Result("publish", "raw", 100, 1.0),
+        Result("publish", "ours", 100, 2.0),
+        Result("publish", "raw", 100, 0.5),
+        Result("publish", "ours", 100, 4.0),
+        Result("end-to-end latency", "ours", 100, 1.0, p50_ms=0.4, p99_ms=3.0),
+        Result("end-to-end latency", "ours", 100, 1.0, p50_ms=0.5, p99_ms=1.5),
+    ]
+    best = {(r.workload, r.impl): r for r in best_rounds(runs)}
+    assert list(best) == [("publish", "raw"), ("publish", "ours"), ("end-to-end latency", "ours")]
+    assert best["publish", "raw"].rate == 200 and best["publish", "ours"].rate == 50
+    assert best["publish", "raw"].extra == {"rounds": 2, "rate_spread": 2.0}
+    assert best["end-to-end latency", "ours"].p99_ms == 1.5
