@@ -519,21 +519,21 @@ def ping_url(url: str, *, timeout: float = 2.0) -> str | None:
 
 # The topology handles build on RedisServer; they live in their own module and are re-exported
 # here so that ``servers`` stays the one place to import server handles from.
-from ._topologies import (  # noqa: E402
-    CLUSTER_SLOTS,
-    DEFAULT_MASTER_NAME,
+from ._acl import (  # noqa: E402
     STREAMS_BACKEND_COMMAND_NAMES,
     STREAMS_BACKEND_COMMANDS,
     AclUser,
-    ClusterNodeView,
-    NodeFactory,
-    RedisClusterHandle,
-    RedisSentinelHandle,
-    TopologyNotReady,
     acl_rules,
     create_acl_user,
     delete_acl_user,
-    parse_cluster_nodes,
+)
+from ._cluster import ClusterNodeView, RedisClusterHandle, parse_cluster_nodes  # noqa: E402
+from ._sentinel import RedisSentinelHandle  # noqa: E402
+from ._topologies import (  # noqa: E402
+    CLUSTER_SLOTS,
+    DEFAULT_MASTER_NAME,
+    NodeFactory,
+    TopologyNotReady,
 )
 
 __all__ = [
