@@ -341,6 +341,13 @@ class RedisClusterHandle:
         """
         slot = _slot_of(slot_or_key)
         victim = self.master_for(slot)
+        if len(self.masters) < 3:
+            # A replica is promoted only with the votes of a majority of all masters; with one
+            # or two, the survivors can never reach it and the slots stay down.
+            raise TopologyNotReady(
+                f"automatic failover needs a majority of masters to vote; with {len(self.masters)} "
+                "master(s) none can be reached once one dies (use failover() or 3+ masters)"
+            )
         if not self.replicas_of(victim):
             raise TopologyNotReady(f"master {victim.port} of slot {slot} has no running replica to promote")
         victim.kill()

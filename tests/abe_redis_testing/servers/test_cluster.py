@@ -12,6 +12,7 @@ from abe_redis_testing.servers import (
     CLUSTER_SLOTS,
     RedisClusterHandle,
     RedisServer,
+    TopologyNotReady,
     parse_cluster_nodes,
 )
 
@@ -163,3 +164,20 @@ def test_cluster_of_containers_through_the_docker_double(monkeypatch: pytest.Mon
             cluster.restart(node)
             assert node.is_running and len(cluster.masters) == 3
         assert double.containers == {}, "every container is removed with the cluster"
+
+
+def test_valkey_nodes_form_a_cluster(redis_cluster_factory: object) -> None:
+    cluster: RedisClusterHandle = redis_cluster_factory(  # type: ignore[operator]
+        kind="valkey", masters=3, replicas_per_master=0
+    )
+    assert {node.kind for node in cluster.nodes} == {"valkey"}
+    assert {cluster.master_for(f"k{i}").port for i in range(20)} == {n.port for n in cluster.nodes}
+    with pytest.raises(TopologyNotReady, match="no running replica"):
+        cluster.kill_master("k")
+
+
+def test_kill_master_refuses_when_no_majority_could_elect_a_replica(redis_cluster_factory: object) -> None:
+    cluster: RedisClusterHandle = redis_cluster_factory(masters=1, replicas_per_master=1)  # type: ignore[operator]
+    with pytest.raises(TopologyNotReady, match="majority"):
+        cluster.kill_master("k")
+    assert all(node.is_running for node in cluster.nodes), "nothing was killed"

@@ -88,3 +88,10 @@ def test_factory_with_passwords_for_data_nodes_and_sentinels(redis_sentinel_fact
         anonymous.ping()
     with _client(sentinel) as client:
         assert int(client.sentinel_get_master_addr_by_name("billing")[1]) == deployment.master.port
+
+
+def test_valkey_nodes_under_sentinel(redis_sentinel_factory: object) -> None:
+    deployment: RedisSentinelHandle = redis_sentinel_factory(kind="valkey", sentinels=1)  # type: ignore[operator]
+    assert {node.kind for node in deployment.data_nodes + deployment.sentinels} == {"valkey"}
+    old = deployment.master
+    assert deployment.failover() is not old
