@@ -66,7 +66,15 @@ async def collect(url: str) -> list[StreamInfo]:
         if config.stream_pattern:
             async for found in client.scan_iter(match=config.stream_pattern, count=1000, _type="STREAM"):
                 names.add(text(found))
-        shown = sorted(n for n in names if n != config.registry_key and not config.is_dead_letter_stream(n))
+        # The backend's own keys (registry, notifications, consumer records) are not streams of
+        # the application, and dead letters are shown with the stream they came from.
+        shown = sorted(
+            n
+            for n in names
+            if n != config.registry_key
+            and not n.startswith(config.key_prefix)
+            and not config.is_dead_letter_stream(n)
+        )
         return [await _stream(client, name, config.dead_letter_stream(name)) for name in shown]
 
 
