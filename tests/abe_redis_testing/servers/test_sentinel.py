@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from abe_redis_testing.servers import RedisSentinelHandle, RedisServer
 
@@ -82,7 +84,7 @@ def test_factory_with_passwords_for_data_nodes_and_sentinels(redis_sentinel_fact
     assert "data-pw" not in deployment.redacted_url and "data-pw" not in repr(deployment)
     (sentinel,) = deployment.sentinels
     with (
-        redis.Redis(host=sentinel.host, port=sentinel.port) as anonymous,
+        redis.Redis(host=sentinel.host, port=sentinel.port, retry=Retry(NoBackoff(), 0)) as anonymous,
         pytest.raises(redis.AuthenticationError),
     ):
         anonymous.ping()
@@ -93,5 +95,7 @@ def test_factory_with_passwords_for_data_nodes_and_sentinels(redis_sentinel_fact
 def test_valkey_nodes_under_sentinel(redis_sentinel_factory: object) -> None:
     deployment: RedisSentinelHandle = redis_sentinel_factory(kind="valkey", sentinels=1)  # type: ignore[operator]
     assert {node.kind for node in deployment.data_nodes + deployment.sentinels} == {"valkey"}
-    old = deployment.master
-    assert deployment.failover() is not old
+    (sentinel,) = deployment.sentinels
+    with _client(sentinel) as client:
+        assert int(client.sentinel_get_master_addr_by_name("abe-master")[1]) == deployment.master.port
+        assert client.sentinel_master("abe-master")["num-slaves"] == 1
