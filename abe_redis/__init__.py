@@ -19,7 +19,9 @@ from ._errors import (
 )
 from ._message import ReceivedMessage
 from ._registry import StreamRegistry
+from .consumer import PermanentError, RedisConsumer
 from .dead_letters import DeadLetter, DeadLetters
+from .metrics import InMemoryMetrics, MetricsHook
 
 __version__ = "0.2.0"
 
@@ -29,11 +31,15 @@ __all__ = [
     "ConfigurationError",
     "DeadLetter",
     "DeadLetters",
+    "InMemoryMetrics",
     "InvalidKeyError",
     "InvalidPayloadError",
+    "MetricsHook",
+    "PermanentError",
     "PoisonMessageError",
     "ReceivedMessage",
     "RedisConfig",
+    "RedisConsumer",
     "RedisSetupError",
     "RedisStreamsBackend",
     "StreamRegistry",

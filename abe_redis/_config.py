@@ -74,6 +74,15 @@ class RedisConfig:
     sweep_streams: int = 50
     max_deliveries: int = 5
     dead_letter_suffix: str = ":dead-letter"
+    # Consumer runner (RedisConsumer) and retention
+    consumer_concurrency: int = 1
+    max_attempts: int | None = None
+    retry_delay_ms: int = 1000
+    retry_max_delay_ms: int = 60_000
+    shutdown_grace_s: float = 30.0
+    sync_handler_threads: int | None = None
+    retention: str = "acked"
+    retention_interval_ms: int = 60_000
 
     def __post_init__(self) -> None:
         if self.registry_key is None and isinstance(self.key_prefix, str):
@@ -379,6 +388,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sweep_streams", "REDIS_SWEEP_STREAMS", _int, _positive_int),
     Setting("max_deliveries", "REDIS_MAX_DELIVERIES", _int, _positive_int),
     Setting("dead_letter_suffix", "REDIS_DEAD_LETTER_SUFFIX", _str, _non_empty),
+    Setting("consumer_concurrency", "REDIS_CONSUMER_CONCURRENCY", _int, _positive_int),
+    Setting("max_attempts", "REDIS_MAX_ATTEMPTS", _optional_int, _optional_positive_int),
+    Setting("retry_delay_ms", "REDIS_RETRY_DELAY_MS", _int, _non_negative_int),
+    Setting("retry_max_delay_ms", "REDIS_RETRY_MAX_DELAY_MS", _int, _non_negative_int),
+    Setting("shutdown_grace_s", "REDIS_SHUTDOWN_GRACE_S", _float, _seconds),
+    Setting("sync_handler_threads", "REDIS_SYNC_HANDLER_THREADS", _optional_int, _optional_positive_int),
+    Setting("retention", "REDIS_RETENTION", _str, _one_of("acked", "off")),
+    Setting("retention_interval_ms", "REDIS_RETENTION_INTERVAL_MS", _int, _positive_int),
 )
 """Every setting, declared once."""
 

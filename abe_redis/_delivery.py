@@ -50,6 +50,7 @@ from ._reads import ReadPlanner, stream_entries
 from ._recovery import Recovery, Taken
 from ._registry import StreamRegistry, StreamSet
 from .dead_letters import write_dead_letter
+from .metrics import NULL_METRICS, MetricsHook, emit
 
 log = logging.getLogger("abe_redis")
 
@@ -87,6 +88,9 @@ async def backoff_sleep(failures: int) -> None:
 
 class GroupReader:
     """One consumer in one group; :meth:`messages` is the generator ``consume()`` returns."""
+
+    metrics: MetricsHook = NULL_METRICS
+    """Sees delivered, acked, dead_lettered and reclaimed events (see :mod:`abe_redis.metrics`)."""
 
     def __init__(
         self,
@@ -157,6 +161,7 @@ class GroupReader:
             if leases.stale(message.stream) and message.message_id in await leases.verify(message.stream):
                 continue  # a peer claimed it while this consumer stalled: it is theirs now
             leases.hand(message.stream, message.message_id)
+            emit(self.metrics, "delivered", stream=message.stream, group=self.group)
             return message
 
     def done(self, message: ReceivedMessage) -> None:
@@ -164,12 +169,14 @@ class GroupReader:
         _, acks = self._parts()
         acks.add(message)
         self._wake.set()
+        emit(self.metrics, "acked", stream=message.stream, group=self.group)
 
     async def hand_again(self, message: ReceivedMessage) -> None:
         """Count another delivery of a held message that this consumer is about to retry
         itself; the count is kept in Redis, so it survives a restart."""
         leases, _ = self._parts()
         message.delivery_count = await leases.hand_again(message.stream, message.message_id)
+        emit(self.metrics, "delivered", stream=message.stream, group=self.group)
 
     async def release(self, messages: list[ReceivedMessage]) -> None:
         """Give held messages back now: claimable by any consumer at once."""
@@ -199,6 +206,13 @@ class GroupReader:
         )
         message.acked = True
         leases.drop(message.stream, (message.message_id,))
+        emit(
+            self.metrics,
+            "dead_lettered",
+            stream=message.stream,
+            group=self.group,
+            error_type=error_type or "",
+        )
 
     async def _flush_due_acks(self) -> None:
         if self._acks is not None and self._acks.due():
@@ -330,6 +344,8 @@ class GroupReader:
         if not taken and (now >= self._next_sweep or recovery.more):
             self._next_sweep = now + self._config.effective_claim_interval_ms / 1000
             taken = await recovery.sweep(streams, room)
+            for entry in taken:
+                emit(self.metrics, "reclaimed", stream=entry.stream, group=self.group)
         if taken:
             await self._intake(taken)
         return bool(taken)
@@ -433,6 +449,7 @@ class GroupReader:
             self._parked.append(entry)
             return
         leases.drop(entry.stream, (entry.entry_id,))
+        emit(self.metrics, "dead_lettered", stream=entry.stream, group=self.group, error_type="")
 
     async def _retry_parked(self) -> None:
         parked, self._parked = self._parked, []

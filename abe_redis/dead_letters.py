@@ -166,6 +166,9 @@ async def write_dead_letter(
     target = config.dead_letter_stream(stream)
     await client.xadd(target, record)
     await client.xack(stream, group, entry_id)
+    # A handler's error text may quote the payload: for those, only the error's type is logged
+    # (the full reason is in the dead letter). Engine reasons never carry payload text.
+    shown = error_type if error_type else reason
     log.warning(
         "dead-lettered %s %s (group %s, delivery %d) to %s: %s",
         stream,
@@ -173,8 +176,15 @@ async def write_dead_letter(
         group,
         delivery_count,
         target,
-        reason,
-        extra={"stream": stream, "entry_id": entry_id, "group": group, "delivery_count": delivery_count},
+        shown,
+        extra={
+            "stream": stream,
+            "entry_id": entry_id,
+            "group": group,
+            "delivery_count": delivery_count,
+            "dead_letter_stream": target,
+            "error_type": error_type or "",
+        },
     )
 
 
