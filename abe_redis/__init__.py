@@ -16,6 +16,7 @@ from ._errors import (
     InvalidPayloadError,
     PoisonMessageError,
     RedisSetupError,
+    ReplicationTimeoutError,
 )
 from ._message import ReceivedMessage
 from ._registry import StreamRegistry
@@ -42,6 +43,7 @@ __all__ = [
     "RedisConsumer",
     "RedisSetupError",
     "RedisStreamsBackend",
+    "ReplicationTimeoutError",
     "StreamRegistry",
     "__version__",
 ]

@@ -14,9 +14,9 @@ from redis.exceptions import RedisError, ResponseError
 from ._broadcast import BroadcastReader
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
 from ._config import RedisConfig
-from ._connection import build_client, fatal_or_raise, is_wrong_type, setup_error
+from ._connection import build_client, close_client, fatal_or_raise, is_wrong_type, setup_error
 from ._delivery import GroupReader
-from ._errors import BackendClosedError, ConfigurationError, InvalidKeyError
+from ._errors import BackendClosedError, ConfigurationError, InvalidKeyError, ReplicationTimeoutError
 from ._message import ReceivedMessage
 from ._registry import StreamRegistry
 
@@ -100,6 +100,9 @@ class RedisStreamsBackend:
         now = time.monotonic()
         registered = self._registered.get(stream)
         secrets = (config.password,)
+        if config.wait_replicas:
+            await self._publish_replicated(stream, fields)
+            return
         try:
             if registered is not None and now - registered < REREGISTER_AFTER_S:
                 # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
@@ -120,6 +123,31 @@ class RedisStreamsBackend:
             if is_wrong_type(exc):
                 raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
             raise
+        await self._register(stream, now)
+
+    async def _publish_replicated(self, stream: str, fields: dict[Any, Any]) -> None:
+        """XADD then WAIT on the same connection (WAIT counts the replicas that have this
+        connection's writes), for callers who need the entry on a replica before returning."""
+        config = self._config
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True)
+            pipe.wait(config.wait_replicas, config.wait_timeout_ms)
+            try:
+                _, replicas = await fatal_or_raise(pipe.execute(), secrets=(config.password,))
+            except ResponseError as exc:
+                if is_wrong_type(exc):
+                    raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
+                raise
+        now = time.monotonic()
+        registered = self._registered.get(stream)
+        if registered is None or now - registered >= REREGISTER_AFTER_S:
+            await self._register(stream, now)
+        if int(replicas) < config.wait_replicas:
+            raise ReplicationTimeoutError(stream, config.wait_replicas, int(replicas), config.wait_timeout_ms)
+
+    async def _register(self, stream: str, now: float) -> None:
+        config = self._config
+        secrets = (config.password,)
         # Registered only once the XADD succeeded. The message is written now: a failure to
         # register must not make the caller publish it again, so it is logged, not raised.
         try:
@@ -153,6 +181,13 @@ class RedisStreamsBackend:
         is redelivered after ``claim_idle_ms``. Call :meth:`ack` first to prevent that.
         """
         self._check_open()
+        if self._config.topology == "cluster":
+            raise ConfigurationError(
+                "REDIS_URL",
+                self._config.redacted_url,
+                "consuming from a Redis Cluster is not supported yet (publishing is); consumers "
+                "need one server or a Sentinel-watched master",
+            )
         if self._config.mode == "broadcast":
             return BroadcastReader(self._client, self._config, registry=self._registry).messages()
         if group is not None and (not isinstance(group, str) or not group.strip()):
@@ -182,8 +217,7 @@ class RedisStreamsBackend:
             return
         self._closed = True
         if self._owns_client:
-            await self._client.aclose()
-            await self._client.connection_pool.disconnect()
+            await close_client(self._client)
 
     async def __aenter__(self) -> Self:
         return self

@@ -18,11 +18,13 @@ from urllib.parse import urlsplit
 
 from ._errors import ConfigurationError
 from ._redact import MASK, redact_url
+from ._topology import parse_topology
 
 ConsumeMode = Literal["group", "broadcast"]
 CertRequirement = Literal["required", "optional", "none"]
 
-_SCHEMES = ("redis", "rediss", "unix")
+_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
+TopologyKind = Literal["standalone", "cluster", "sentinel"]
 _STREAM_ID = re.compile(r"^(\$|0|\d+(-\d+)?)$")
 
 DEFAULT_URL = "redis://localhost:6379/0"
@@ -40,6 +42,8 @@ class RedisConfig:
     # Connection
     url: str = field(default=DEFAULT_URL, repr=False)
     password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    cluster: bool = False
     ssl: bool | None = None
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: CertRequirement = "required"
@@ -56,6 +60,8 @@ class RedisConfig:
     registry_key: str | None = None
     # Publishing
     stream_maxlen: int | None = None
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
     # Discovery
     streams: tuple[str, ...] = ()
     stream_pattern: str | None = None
@@ -100,7 +106,18 @@ class RedisConfig:
     def use_ssl(self) -> bool:
         if self.ssl is not None:
             return self.ssl
-        return urlsplit(self.url).scheme == "rediss"
+        return urlsplit(self.url).scheme.startswith("rediss")
+
+    @property
+    def topology(self) -> TopologyKind:
+        """``standalone``, ``cluster`` (``redis+cluster://`` or ``REDIS_CLUSTER=true``) or
+        ``sentinel`` (``redis+sentinel://``)."""
+        scheme = urlsplit(self.url).scheme
+        if scheme.endswith("+sentinel"):
+            return "sentinel"
+        if scheme.endswith("+cluster") or self.cluster:
+            return "cluster"
+        return "standalone"
 
     @property
     def effective_socket_timeout(self) -> float:
@@ -172,6 +189,8 @@ class RedisConfig:
         shown = [f"url={self.redacted_url!r}"]
         if self.password:
             shown.append(f"password={MASK!r}")
+        if self.sentinel_password:
+            shown.append(f"sentinel_password={MASK!r}")
         for f in fields(self):
             if f.repr:
                 shown.append(f"{f.name}={getattr(self, f.name)!r}")
@@ -328,6 +347,13 @@ def _start_id(value: object) -> str | None:
 def _url(value: object) -> str | None:
     if not isinstance(value, str) or not value:
         return "must be a non-empty string"
+    scheme = value.partition("://")[0].lower()
+    if "+" in scheme and scheme in _SCHEMES:  # cluster and sentinel URLs: several hosts, a master
+        try:
+            parse_topology(value)
+        except ConfigurationError as exc:
+            return exc.problem
+        return None
     try:
         parts = urlsplit(value)
         port = parts.port  # raises on a non-numeric or out-of-range port
@@ -359,6 +385,15 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("url", "REDIS_URL", _str, _url),
     Setting("password", "REDIS_PASSWORD", _str, lambda v: None if v is None or isinstance(v, str) else "str"),
+    Setting(
+        "sentinel_password",
+        "REDIS_SENTINEL_PASSWORD",
+        _str,
+        lambda v: None if v is None or isinstance(v, str) else "str",
+    ),
+    Setting(
+        "cluster", "REDIS_CLUSTER", _bool, lambda v: None if isinstance(v, bool) else "expected true or false"
+    ),
     Setting("ssl", "REDIS_SSL", _bool, _optional_bool),
     Setting("ssl_ca_certs", "REDIS_SSL_CA_CERTS", _str, _optional_non_empty),
     Setting("ssl_cert_reqs", "REDIS_SSL_CERT_REQS", _str, _one_of(*get_args(CertRequirement))),
@@ -373,6 +408,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("key_prefix", "REDIS_KEY_PREFIX", _str, _non_empty),
     Setting("registry_key", "REDIS_REGISTRY_KEY", _str, _non_empty),
     Setting("stream_maxlen", "REDIS_STREAM_MAXLEN", _optional_int, _optional_positive_int),
+    Setting("wait_replicas", "REDIS_WAIT_REPLICAS", _int, _non_negative_int),
+    Setting("wait_timeout_ms", "REDIS_WAIT_TIMEOUT_MS", _int, _positive_int),
     Setting("streams", "REDIS_STREAMS", _csv, _stream_names),
     Setting("stream_pattern", "REDIS_STREAM_PATTERN", _str, _optional_non_empty),
     Setting("discovery_interval_ms", "REDIS_DISCOVERY_INTERVAL_MS", _int, _positive_int),
@@ -421,7 +458,7 @@ def _fail(config: RedisConfig, name: str, problem: str) -> None:
     value: object = getattr(config, name)
     if name == "url":
         value = config.redacted_url if isinstance(value, str) else value
-    elif name == "password":
+    elif name in ("password", "sentinel_password"):
         value = MASK
     raise ConfigurationError(_setting_name(name), value, problem)
 
@@ -431,6 +468,13 @@ def _validate(config: RedisConfig) -> None:
         problem = setting.check(getattr(config, setting.name))
         if problem is not None:
             _fail(config, setting.name, problem)
+    if config.cluster and urlsplit(config.url).scheme not in (
+        "redis",
+        "rediss",
+        "redis+cluster",
+        "rediss+cluster",
+    ):
+        _fail(config, "cluster", "REDIS_CLUSTER=true needs a redis:// or rediss:// seed URL")
     if config.socket_timeout is not None and config.socket_timeout <= config.block_ms / 1000:
         _fail(
             config,

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -33,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._config import RedisConfig
 from ._errors import RedisSetupError
 from ._redact import redact_text
+from ._topology import build_topology_client, parse_topology
 
 T = TypeVar("T")
 
@@ -98,7 +100,10 @@ def _pool_kwargs(config: RedisConfig) -> tuple[str, dict[str, Any]]:
 
 
 def build_client(config: RedisConfig) -> Redis:
-    """The backend's shared client: a blocking pool of ``max_connections``."""
+    """The backend's shared client: a blocking pool of ``max_connections`` (for Sentinel, a pool
+    that asks the sentinels for the current master on every new connection)."""
+    if config.topology != "standalone":
+        return _topology_client(config)
     url, kwargs = _pool_kwargs(config)
     pool = BlockingConnectionPool.from_url(
         url, max_connections=config.max_connections, timeout=config.pool_timeout, **kwargs
@@ -107,6 +112,28 @@ def build_client(config: RedisConfig) -> Redis:
         # redis-py lets the URL's password win over keyword arguments; REDIS_PASSWORD must win.
         pool.connection_kwargs["password"] = config.password
     return Redis(connection_pool=pool)
+
+
+def _topology_client(config: RedisConfig) -> Redis:
+    topology = parse_topology(config.url, cluster=config.cluster)
+    if config.password is not None:
+        # REDIS_PASSWORD wins over the URL's password, as for a single server.
+        topology = dataclasses.replace(topology, password=config.password)
+    client = build_topology_client(
+        topology,
+        sentinel_password=config.sentinel_password,
+        client_name=config.client_name,
+        retry=_retry(config),
+        max_connections=config.max_connections,
+        pool_timeout=config.pool_timeout,
+        socket_timeout=config.effective_socket_timeout,
+        socket_connect_timeout=config.socket_connect_timeout,
+        ssl=config.ssl,
+        ssl_ca_certs=config.ssl_ca_certs,
+        ssl_cert_reqs=config.ssl_cert_reqs,
+    )
+    # A RedisCluster is not a Redis, but serves the same single-key commands the backend sends.
+    return cast(Redis, client)
 
 
 def dedicated_client(client: Redis) -> Redis:
@@ -125,7 +152,9 @@ def dedicated_client(client: Redis) -> Redis:
 
 async def close_client(client: Redis) -> None:
     await client.aclose()
-    await client.connection_pool.disconnect()
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has one per node instead
+    if pool is not None:
+        await pool.disconnect()
 
 
 def setup_error(exc: BaseException, *, secrets: tuple[str | None, ...] = ()) -> RedisSetupError | None:

@@ -49,3 +49,18 @@ class RedisSetupError(AbeRedisError):
     """Redis refused the backend in a way that retrying cannot fix: a wrong or missing password,
     an ACL user without a needed command or key, or one of the backend's own keys holding the
     wrong type. The message says which, never the secret."""
+
+
+class ReplicationTimeoutError(AbeRedisError):
+    """``publish`` wrote the entry on the master, but fewer replicas than ``REDIS_WAIT_REPLICAS``
+    confirmed it within ``REDIS_WAIT_TIMEOUT_MS``. The entry *is* in the stream; a failover now
+    could lose it. ``acknowledged`` is how many replicas did confirm."""
+
+    def __init__(self, stream: str, wanted: int, acknowledged: int, timeout_ms: int) -> None:
+        self.stream = stream
+        self.wanted = wanted
+        self.acknowledged = acknowledged
+        super().__init__(
+            f"published to {stream!r} on the master, but only {acknowledged} of {wanted} replicas "
+            f"confirmed it within {timeout_ms} ms"
+        )
