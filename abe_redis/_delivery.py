@@ -171,6 +171,15 @@ class GroupReader:
         self._wake.set()
         emit(self.metrics, "acked", stream=message.stream, group=self.group)
 
+    def put_back(self, message: ReceivedMessage) -> None:
+        """Undo :meth:`receive` for a message no handler has seen: it is the next one returned,
+        and releasing it meanwhile counts no delivery."""
+        leases, _ = self._parts()
+        lease = leases._held.get(message.stream, {}).get(message.message_id)
+        if lease is not None:
+            lease.handed = False
+        self._buffer.appendleft(message)
+
     async def hand_again(self, message: ReceivedMessage) -> None:
         """Count another delivery of a held message that this consumer is about to retry
         itself; the count is kept in Redis, so it survives a restart."""

@@ -293,15 +293,16 @@ class RedisConsumer:
         retention = self._start_retention()
         try:
             while not self._stopping:
+                # Receive first, then wait for a slot: a slot is never held while the engine
+                # waits for messages, so a retry whose delay is over always gets one.
+                message: ReceivedMessage | None = None
                 try:
                     self._waiting = True
+                    message = await reader.receive()
                     await self._slots.acquire()
-                    try:
-                        message = await reader.receive()
-                    except BaseException:
-                        self._slots.release()
-                        raise
                 except asyncio.CancelledError:
+                    if message is not None:
+                        reader.put_back(message)  # no handler saw it: releasing it counts nothing
                     if self._stop_sent and me.uncancel() == 0:
                         break  # our own stop request, not a cancel from outside
                     raise
