@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -76,7 +77,7 @@ async def test_failing_handler_is_retried_with_the_configured_delays_then_dead_l
 
     failing = [c for c in calls if c[0] == 1]
     assert [c[1] for c in failing] == [1, 2, 3, 4]  # the delivery count is the attempt number
-    gaps = [b[2] - a[2] for a, b in zip(failing, failing[1:], strict=False)]
+    gaps = [b[2] - a[2] for a, b in itertools.pairwise(failing)]
     for gap, expected in zip(gaps, [0.1, 0.2, 0.25], strict=True):  # 0.1 * 2**n, capped at 0.25
         assert expected <= gap < expected + 0.5, (gaps, expected)
     assert [c[0] for c in calls].count(2) == 1  # the good message flowed meanwhile, once
