@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import RedisStreamsBackend, __version__
+from ._cli_common import CliError
 from ._publisher import Publisher
 from ._redact import redact_text
 
@@ -991,8 +992,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if args.count is not None:
         if args.count < 100:
-            raise ValueError("--count must be at least 100")
+            raise CliError("--count must be at least 100")
         overrides["count"] = args.count
+    if getattr(args, "rounds", None) is not None:
+        if args.rounds < 1:
+            raise CliError("--rounds must be at least 1")
+        overrides["rounds"] = args.rounds
     if getattr(args, "skip", None):
         overrides["skip"] = tuple(args.skip)
     return Settings(**{**asdict(settings), **overrides})

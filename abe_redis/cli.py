@@ -215,6 +215,7 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--url", help="a Redis to use (only keys under abe-redis-bench:* are written)")
     bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
     bench.add_argument("--count", type=int, help="messages per publish workload (default 60000)")
+    bench.add_argument("--rounds", type=int, help="rounds per workload, best counts (default 3, --quick 1)")
     bench.add_argument("--skip", action="append", metavar="WORD", help="skip workloads naming WORD")
     bench.add_argument("--json", default="abe-redis-bench.json", help="where to write the figures")
     bench.add_argument("--svg", help="also draw the figures as an SVG bar chart here")
