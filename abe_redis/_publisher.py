@@ -167,7 +167,10 @@ class Publisher:
         self._check_open()
         nargs, head = _head(stream, maxlen, nomkstream)
         entry = _Entry(stream, _pack(nargs, head, fields), asyncio.get_running_loop().create_future())
-        await self._admit(entry.size)
+        if self._has_room(entry.size):  # the common case, without a coroutine call
+            self._queued_bytes += entry.size
+        else:
+            await self._admit(entry.size)
         self._queue.append(entry)
         if not self._busy:
             await self._lead_for([entry])
