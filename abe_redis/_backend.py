@@ -19,6 +19,9 @@ from ._delivery import GroupReader
 from ._errors import BackendClosedError, ConfigurationError, InvalidKeyError, ReplicationTimeoutError
 from ._message import ReceivedMessage
 from ._registry import StreamRegistry
+from ._retention import CapGuard
+from ._scrub import scrub_pipeline_error
+from .metrics import NULL_METRICS, MetricsHook, emit
 
 log = logging.getLogger("abe_redis")
 
@@ -51,6 +54,12 @@ class RedisStreamsBackend:
         self._registered: dict[str, float] = {}
         self._registry_warned = False
         self._closed = False
+        self.metrics: MetricsHook = NULL_METRICS
+        """Sees ``published`` here, and the consume-side events of ``consume()`` (see
+        :mod:`abe_redis.metrics`)."""
+        # REDIS_STREAM_MAXLEN is applied by a counted XTRIM every few publishes rather than by
+        # XADD's MAXLEN, which drops unread entries without telling anyone.
+        self._cap = CapGuard(self._client, self._config)
 
     # -- construction --------------------------------------------------------------------
 
@@ -108,15 +117,14 @@ class RedisStreamsBackend:
                 # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
                 # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
                 added = await fatal_or_raise(
-                    self._client.xadd(
-                        stream, fields, maxlen=config.stream_maxlen, approximate=True, nomkstream=True
-                    ),
+                    self._client.xadd(stream, fields, nomkstream=True),
                     secrets=secrets,
                 )
                 if added is not None:
+                    await self._published(stream)
                     return
             await fatal_or_raise(
-                self._client.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True),
+                self._client.xadd(stream, fields),
                 secrets=secrets,
             )
         except ResponseError as exc:
@@ -124,20 +132,28 @@ class RedisStreamsBackend:
                 raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
             raise
         await self._register(stream, now)
+        await self._published(stream)
+
+    async def _published(self, stream: str) -> None:
+        emit(self.metrics, "published", stream=stream)
+        await self._cap.published(stream, self.metrics)
 
     async def _publish_replicated(self, stream: str, fields: dict[Any, Any]) -> None:
         """XADD then WAIT on the same connection (WAIT counts the replicas that have this
         connection's writes), for callers who need the entry on a replica before returning."""
         config = self._config
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, fields, maxlen=config.stream_maxlen, approximate=True)
+            pipe.xadd(stream, fields)
             pipe.wait(config.wait_replicas, config.wait_timeout_ms)
             try:
                 _, replicas = await fatal_or_raise(pipe.execute(), secrets=(config.password,))
             except ResponseError as exc:
-                if is_wrong_type(exc):
+                if is_wrong_type(exc) or "WRONGTYPE" in str(exc):
                     raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
+                # redis-py puts the command's arguments, the payload, into a pipeline's error.
+                scrub_pipeline_error(exc)
                 raise
+        await self._published(stream)
         now = time.monotonic()
         registered = self._registered.get(stream)
         if registered is None or now - registered >= REREGISTER_AFTER_S:
@@ -198,6 +214,7 @@ class RedisStreamsBackend:
             group=group if group is not None else self._config.consumer_group,
             registry=self._registry,
         )
+        reader.metrics = self.metrics
         return reader.messages()
 
     async def ack(self, message: ReceivedMessage) -> None:

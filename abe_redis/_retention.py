@@ -231,3 +231,44 @@ class Retention:
             except RedisError:
                 continue
             await self.pass_over(list(streams.streams))
+
+
+class CapGuard:
+    """Applies ``REDIS_STREAM_MAXLEN`` from the publishing side: every ``every`` publishes to a
+    stream (a tenth of the cap, at most 1,000), one counted :meth:`Retention.cap`. A stream thus
+    exceeds the cap by at most ``every`` entries per publishing process between trims."""
+
+    _LIMIT = 10_000
+
+    def __init__(self, client: Any, config: RedisConfig) -> None:
+        self._retention = Retention(client, config)
+        self._maxlen = config.stream_maxlen
+        self.every = max(1, min(config.stream_maxlen // 10, 1000)) if config.stream_maxlen else 0
+        self._since: dict[str, int] = {}
+        self._busy: set[str] = set()
+
+    async def published(self, stream: str, metrics: MetricsHook = NULL_METRICS) -> None:
+        if self._maxlen is None:
+            return
+        count = self._since.get(stream, 0) + 1
+        if count < self.every or stream in self._busy:
+            if len(self._since) >= self._LIMIT and stream not in self._since:
+                self._since.clear()
+            self._since[stream] = count
+            return
+        self._since[stream] = 0
+        self._busy.add(stream)
+        self._retention.metrics = metrics
+        try:
+            await self._retention.cap(stream, self._maxlen)
+        except RedisError as exc:
+            # The entry is written; a failed trim is retried after the next `every` publishes.
+            log.warning(
+                "could not apply REDIS_STREAM_MAXLEN=%d to %s: %s",
+                self._maxlen,
+                stream,
+                type(exc).__name__,
+                extra={"stream": stream, "maxlen": self._maxlen, "error_type": type(exc).__name__},
+            )
+        finally:
+            self._busy.discard(stream)

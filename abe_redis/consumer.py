@@ -38,7 +38,7 @@ from ._delivery import GroupReader
 from ._errors import AbeRedisError, ConfigurationError
 from ._message import ReceivedMessage
 from ._retention import Retention
-from .metrics import NULL_METRICS, MetricsHook, emit
+from .metrics import MetricsHook, emit
 
 __all__ = ["Handler", "PermanentError", "RedisConsumer"]
 
@@ -82,9 +82,9 @@ class RedisConsumer:
 
     ``permanent``: exception types that are dead-lettered at once (besides :class:`PermanentError`).
     ``jitter``: the fraction of each retry delay that is random (0 gives exact delays).
-    ``metrics``: a :class:`~abe_redis.metrics.MetricsHook`. ``handle_signals``: install a SIGTERM
-    handler while ``run()`` runs; by default only when ``run()`` is called from the main thread
-    and SIGTERM has no handler yet. ``log_error_text``: include handlers' exception text and
+    ``metrics``: a :class:`~abe_redis.metrics.MetricsHook` (default: the backend's ``metrics``).
+    ``handle_signals``: install a SIGTERM handler while ``run()`` runs; by default only when
+    ``run()`` is called from the main thread and SIGTERM has no handler yet. ``log_error_text``: include handlers' exception text and
     tracebacks in log lines (off by default: they may quote payloads).
     """
 
@@ -130,7 +130,7 @@ class RedisConsumer:
             else (config.sync_handler_threads or self.concurrency)
         )
         self.retention = retention if retention is not None else config.retention == "acked"
-        self.metrics: MetricsHook = metrics if metrics is not None else NULL_METRICS
+        self.metrics: MetricsHook = metrics if metrics is not None else backend.metrics
         self._handle_signals = handle_signals
         self._log_error_text = log_error_text
         self._owns_backend = owns_backend

@@ -79,3 +79,18 @@ def test_open_telemetry_adapter_records_counters_and_gauges_with_attributes() ->
         (1, {"stream": "orders", "group": "g", "error_type": "ValueError"})
     ]
     assert meter.instruments["abe_redis.lag"].calls == [(42, {"stream": "orders", "group": "g"})]
+
+
+def test_pipeline_errors_lose_the_payload_redis_py_put_into_them() -> None:
+    from redis.exceptions import ResponseError
+
+    from abe_redis._scrub import scrub_pipeline_error
+
+    exc = ResponseError(
+        'Command # 1 (XADD k * payload {"card": "4111 1111 1111 1111"}) of pipeline caused error: '
+        "('WRONGTYPE Operation against a key holding the wrong kind of value',)"
+    )
+    text = str(scrub_pipeline_error(exc))
+    assert "4111" not in text and "payload" not in text
+    assert text.startswith("Command # 1 (XADD …)") and "WRONGTYPE" in text
+    assert str(scrub_pipeline_error(ResponseError("plain error"))) == "plain error"

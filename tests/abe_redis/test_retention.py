@@ -121,3 +121,26 @@ async def test_a_running_consumer_trims_what_it_acknowledged(
     await task
     assert sorted(handled) == list(range(20))
     assert await client.xlen("r") == 0
+
+
+async def test_publishing_with_a_hard_cap_counts_what_it_drops_unread(
+    queue_backend_factory: RedisBackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The issue's repro: 1,000 publishes with REDIS_STREAM_MAXLEN=100 and a group that reads
+    nothing. The stream stays near the cap, and every dropped entry is counted and logged."""
+    backend = queue_backend_factory(stream_maxlen=100)
+    metrics = InMemoryMetrics()
+    backend.metrics = metrics
+    client: Any = queue_backend_factory.client()
+    await client.xgroup_create("orders", "billing", id="0", mkstream=True)
+    with caplog.at_level(logging.WARNING, logger="abe_redis"):
+        for n in range(1000):
+            await backend.publish("orders", {"n": n})
+    length = await client.xlen("orders")
+    assert 100 <= length <= 110
+    dropped = 1000 - length
+    assert metrics.total("published", stream="orders") == 1000
+    assert metrics.total("trimmed", stream="orders") == dropped
+    assert metrics.total("trimmed_unread", stream="orders", group="billing") == dropped
+    logged = sum(r.unread_trimmed for r in caplog.records if hasattr(r, "unread_trimmed"))
+    assert logged == dropped
