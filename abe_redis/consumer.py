@@ -84,8 +84,9 @@ class RedisConsumer:
     ``jitter``: the fraction of each retry delay that is random (0 gives exact delays).
     ``metrics``: a :class:`~abe_redis.metrics.MetricsHook` (default: the backend's ``metrics``).
     ``handle_signals``: install a SIGTERM handler while ``run()`` runs; by default only when
-    ``run()`` is called from the main thread and SIGTERM has no handler yet. ``log_error_text``: include handlers' exception text and
-    tracebacks in log lines (off by default: they may quote payloads).
+    ``run()`` is called from the main thread and SIGTERM has no handler yet.
+    ``log_error_text``: include handlers' exception text and tracebacks in log lines (off by
+    default: they may quote payloads).
     """
 
     def __init__(
