@@ -306,7 +306,6 @@ class GroupReader:
         if added:
             await self._create_groups(added, self._config.group_start_id)
             self._planner.track(self._streams.streams)
-            self._orphan_check.update(added)
 
     def _own_key_error(self, exc: ResponseError) -> RedisSetupError:
         return RedisSetupError(
