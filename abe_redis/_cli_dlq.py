@@ -1,4 +1,4 @@
-"""``abe-redis dlq keys|list|replay|purge``: dead letters of the streams an application uses.
+"""``abe-redis dlq keys|count|list|replay|purge``: dead letters of the streams an application uses.
 
 Settings other than ``--url`` (password, TLS, registry, dead-letter suffix) come from the
 environment, as the application that owns the streams reads them.
@@ -27,11 +27,14 @@ async def _run(args: argparse.Namespace, console: Console, url: str) -> int:
         dead = DeadLetters(backend)
         if args.action == "keys":
             return await _keys(console, dead)
+        if args.action == "count":
+            print(await dead.count(args.key))  # a bare number: this output is meant for scripts
+            return 0
         if args.action == "list":
-            return await _list(console, dead, args.key, args.count)
+            return await _list(console, dead, args.key, args.count, getattr(args, "after", None))
         if args.action == "replay":
             return await _replay(console, dead, args.key, args.ids, getattr(args, "to", None))
-        return await _purge(console, dead, args.key)
+        return await _purge(console, dead, args.key, getattr(args, "ids", None))
 
 
 async def _keys(console: Console, dead: DeadLetters) -> int:
@@ -44,15 +47,19 @@ async def _keys(console: Console, dead: DeadLetters) -> int:
     return 0
 
 
-async def _list(console: Console, dead: DeadLetters, key: str, count: int) -> int:
-    letters = await dead.entries(key, count=count)
+async def _list(console: Console, dead: DeadLetters, key: str, count: int, after: str | None = None) -> int:
+    letters = await dead.entries(key, count=count, after=after)
     if not letters:
         console.print(plain(f"no dead letters for {key}"))
         return 0
     console.print(letters_table(key, letters))
     total = await dead.count(key)
     if total > len(letters):
-        note(console, f"showing {len(letters)} of {total}; --count N shows more")
+        note(
+            console,
+            f"showing {len(letters)} of {total}; --count N shows more, "
+            f"--after {letters[-1].id} the next page",
+        )
     return 0
 
 
@@ -96,8 +103,8 @@ async def _replay(
     return 0
 
 
-async def _purge(console: Console, dead: DeadLetters, key: str) -> int:
-    purged = await dead.purge(key)
+async def _purge(console: Console, dead: DeadLetters, key: str, ids: list[str] | None = None) -> int:
+    purged = await dead.purge(key, ids)
     if purged == 0:
         console.print(plain(f"no dead letters of {key} to purge"))
     else:

@@ -158,9 +158,14 @@ def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         return parser
 
     action("keys", "source keys that have dead letters, with their counts (tab-separated)")
+    counting = action("count", "how many dead letters KEY has (one number on stdout)")
+    counting.add_argument("key", metavar="KEY", help="the source key (stream)")
     listing = action("list", "show the dead letters of KEY: id, reason, group, deliveries, fields")
     listing.add_argument("key", metavar="KEY", help="the source key (stream)")
     listing.add_argument("--count", type=int, default=20, help="entries to show")
+    listing.add_argument(
+        "--after", metavar="ID", help="start after this dead letter id (the next page of a listing)"
+    )
     replay = action("replay", "append dead letters of KEY to it again and delete them")
     replay.add_argument("key", metavar="KEY", help="the source key (stream)")
     replay.add_argument(
@@ -177,6 +182,13 @@ def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     purge = action("purge", "delete every dead letter of KEY")
     purge.add_argument("key", metavar="KEY", help="the source key (stream)")
+    purge.add_argument(
+        "--id",
+        action="append",
+        dest="ids",
+        metavar="ID",
+        help="delete only this dead letter (repeatable); default: all",
+    )
 
 
 def _add_streams(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -462,3 +462,34 @@ async def test_sigterm_lets_the_running_handler_finish_and_acknowledges_it(
     finally:
         process.kill()
     assert await pending(queue_backend_factory.client(), "term", "g") == 0
+
+
+@pytest.mark.abe_redis_targets("redis")
+async def test_dlq_cli_counts_pages_and_purges_single_dead_letters(
+    queue_backend_factory: RedisBackendFactory,
+    redis_server: RedisEndpoint,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from abe_redis.cli import main
+
+    backend = queue_backend_factory()
+    for n in range(3):
+        await backend.publish("cli", {"n": n})
+
+    async def handler(message: ReceivedMessage) -> None:
+        raise PermanentError("no")
+
+    dead = DeadLetters(backend)
+    running = Running(RedisConsumer(backend, group="g"), handler)
+    await wait_until(lambda: _count_is(dead, "cli", 3), "three dead letters")
+    await running.stop()
+    letters = await dead.entries("cli")
+    url = ["--url", redis_server.url]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["dlq", "count", "cli", *url]) == 0
+    assert capsys.readouterr().out.strip() == "3"
+    assert await asyncio.to_thread(main, ["dlq", "list", "cli", "--after", letters[0].id, *url]) == 0
+    listed = capsys.readouterr().out
+    assert letters[0].id not in listed and letters[1].id in listed and letters[2].id in listed
+    assert await asyncio.to_thread(main, ["dlq", "purge", "cli", "--id", letters[1].id, *url]) == 0
+    assert [letter.id for letter in await dead.entries("cli")] == [letters[0].id, letters[2].id]
