@@ -353,6 +353,26 @@ class RedisConsumer:
             )
 
     async def _process(self, handler: Handler, is_async: bool, message: ReceivedMessage) -> None:
+        try:
+            await self._attempts(handler, is_async, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Redis failed while a dead letter or a retry was being recorded: the message is still
+            # held. Give it back, so that it is handled again instead of waiting for the close.
+            log.warning(
+                "could not record the outcome of %s %s (%s); releasing it",
+                message.stream,
+                message.message_id,
+                type(exc).__name__,
+                extra={"stream": message.stream, "entry_id": message.message_id, "group": self.group},
+            )
+            reader = self._reader
+            assert reader is not None
+            with contextlib.suppress(Exception):
+                await reader.release([message])
+
+    async def _attempts(self, handler: Handler, is_async: bool, message: ReceivedMessage) -> None:
         reader = self._reader
         assert reader is not None
         me = asyncio.current_task()

@@ -493,3 +493,36 @@ async def test_dlq_cli_counts_pages_and_purges_single_dead_letters(
     assert letters[0].id not in listed and letters[1].id in listed and letters[2].id in listed
     assert await asyncio.to_thread(main, ["dlq", "purge", "cli", "--id", letters[1].id, *url]) == 0
     assert [letter.id for letter in await dead.entries("cli")] == [letters[0].id, letters[2].id]
+
+
+async def test_a_failure_to_record_a_dead_letter_releases_the_message_for_another_try(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from abe_redis._delivery import GroupReader
+
+    backend = queue_backend_factory()
+    await backend.publish("flaky", {"n": 1})
+    real = GroupReader.dead_letter
+    refusals = 0
+
+    async def refuse_once(self: GroupReader, *args: Any, **kwargs: Any) -> None:
+        nonlocal refusals
+        if not refusals:
+            refusals += 1
+            raise RedisConnectionError("connection reset")
+        await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GroupReader, "dead_letter", refuse_once)
+    calls: list[int] = []
+
+    async def handler(message: ReceivedMessage) -> None:
+        calls.append(message.delivery_count)
+        raise PermanentError("no")
+
+    dead = DeadLetters(backend)
+    running = Running(RedisConsumer(backend, group="g"), handler)
+    await wait_until(lambda: _count_is(dead, "flaky", 1), "the dead letter, written on the second try")
+    await running.stop()
+    assert len(calls) == 2  # released after the failed write, then taken and handled again
