@@ -187,7 +187,13 @@ def check(
                 )
             _counts(group, msg, handlings, tally)
             if claim_idle_s is not None:
-                _concurrency(history, group, msg, handlings, claim_idle_s, tally)
+                # Per entry: a publish retried after a lost reply is two entries of one message,
+                # and two consumers may rightly handle one each at the same time.
+                by_entry: dict[str, list[Handling]] = defaultdict(list)
+                for handling in handlings:
+                    by_entry[handling.entry_id].append(handling)
+                for same_entry in by_entry.values():
+                    _concurrency(history, group, msg, same_entry, claim_idle_s, tally)
         if max_deliveries is not None:
             for msg, letters in dead[group].items():
                 seen = len(handled.get(msg, ()))

@@ -191,8 +191,9 @@ class SimConnection(FakeAsyncRedisConnection):
             response = await super().read_response(**kwargs)
         except ResponseError as exc:
             # fakeredis answers XREADGROUP on a missing key with XGROUP's "requires the key to
-            # exist"; Redis answers NOGROUP. Simulate Redis, not the fake's wording.
-            if self.last_command == "XREADGROUP" and str(exc).startswith("The XGROUP subcommand requires"):
+            # exist"; Redis answers NOGROUP. Simulate Redis, not the fake's wording. (Only XGROUP
+            # itself answers that on Redis.)
+            if self.last_command != "XGROUP" and str(exc).startswith("The XGROUP subcommand requires"):
                 raise ResponseError(
                     "NOGROUP No such key or consumer group in XREADGROUP with GROUP option"
                 ) from None
