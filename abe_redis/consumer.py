@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from ._backend import RedisStreamsBackend
 from ._config import RedisConfig
@@ -481,3 +481,10 @@ class RedisConsumer:
         return asyncio.get_running_loop().create_task(
             retention.run_periodically(self._backend.registry, self._config.retention_interval_ms / 1000)
         )
+
+
+if TYPE_CHECKING:
+    from abe.backends.message_queue.base.consumer import EventConsumer
+
+    def _is_an_event_consumer(consumer: RedisConsumer) -> EventConsumer:
+        return consumer  # mypy checks that RedisConsumer implements abe's protocol
