@@ -27,10 +27,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from ._codec import PAYLOAD_FIELD
 from ._config import RedisConfig
+from ._errors import InvalidKeyError
+from ._scrub import scrub_pipeline_error
 
 if TYPE_CHECKING:
     from ._backend import RedisStreamsBackend
@@ -261,12 +263,21 @@ class DeadLetters:
         async with self._client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    # WATCH: if another replay removes this dead letter first, ours aborts.
-                    await pipe.watch(stream)
+                    # WATCH: if another replay removes this dead letter first, ours aborts; and if
+                    # the target changes type meanwhile, too.
+                    await pipe.watch(stream, target)
                     found = await pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
                     if not found:
                         await pipe.unwatch()
                         return 0
+                    kind = to_str(await pipe.type(target))
+                    if kind not in ("stream", "none"):
+                        # MULTI does not roll back: the XADD would fail and the XDEL still run,
+                        # losing the dead letter. Refuse before anything is written.
+                        await pipe.unwatch()
+                        raise InvalidKeyError(
+                            f"cannot replay to {target!r}: it holds a Redis {kind}, not a stream"
+                        )
                     letter = DeadLetter.from_entry(stream, found[0][0], found[0][1])
                     pipe.multi()
                     if letter.fields:
@@ -277,6 +288,10 @@ class DeadLetters:
                     return 1
                 except WatchError:
                     continue
+                except ResponseError as exc:
+                    # redis-py quotes the XADD's arguments, the payload, in a pipeline's error.
+                    scrub_pipeline_error(exc)
+                    raise
 
     async def purge(self, key: str, ids: Iterable[str] | None = None) -> int:
         """Delete the dead letters of ``key`` (only ``ids``, if given); returns how many."""

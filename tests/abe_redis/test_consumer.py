@@ -21,6 +21,7 @@ from abe_redis import (
     ConfigurationError,
     DeadLetters,
     InMemoryMetrics,
+    InvalidKeyError,
     PermanentError,
     ReceivedMessage,
     RedisConsumer,
@@ -526,3 +527,24 @@ async def test_a_failure_to_record_a_dead_letter_releases_the_message_for_anothe
     await wait_until(lambda: _count_is(dead, "flaky", 1), "the dead letter, written on the second try")
     await running.stop()
     assert len(calls) == 2  # released after the failed write, then taken and handled again
+
+
+async def test_a_replay_to_a_key_of_another_type_is_refused_and_keeps_the_dead_letter(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    backend = queue_backend_factory()
+    await backend.publish("secrets", {"card": "4111 1111 1111 1111"})
+
+    async def handler(message: ReceivedMessage) -> None:
+        raise PermanentError("no")
+
+    dead = DeadLetters(backend)
+    running = Running(RedisConsumer(backend, group="g"), handler)
+    await wait_until(lambda: _count_is(dead, "secrets", 1), "the dead letter")
+    await running.stop()
+    client: Any = queue_backend_factory.client()
+    await client.set("not-a-stream", "x")
+    with pytest.raises(InvalidKeyError, match="holds a Redis string") as caught:
+        await dead.replay("secrets", to="not-a-stream")
+    assert "4111" not in str(caught.value)
+    assert await dead.count("secrets") == 1  # nothing half-done: the dead letter is still there
