@@ -45,7 +45,8 @@ class QueueBackendContract:
     * ``unwrap_message(message)``: turn what ``consume()`` yields back into the published payload,
       for backends that wrap payloads in an envelope.
     * ``state_machine_max_examples`` / ``state_machine_step_count`` / ``state_machine_shrink``:
-      the Hypothesis budget (shrinking is off by default: each failing attempt costs a timeout).
+      the Hypothesis budget (shrinking is on: a failure is reported minimal, and replayed first from
+      Hypothesis' example database on the next run; each failing attempt costs a timeout).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities()
@@ -55,7 +56,7 @@ class QueueBackendContract:
     concurrent_publish_count: ClassVar[int] = 500
     state_machine_max_examples: ClassVar[int] = 10
     state_machine_step_count: ClassVar[int] = 15
-    state_machine_shrink: ClassVar[bool] = False
+    state_machine_shrink: ClassVar[bool] = True
 
     # -- what the author provides --------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ EXPECTATIONS: dict[str, tuple[set[str], set[str]]] = {
             "test_round_trip",
             "test_many_messages_no_loss_no_duplicates",
             "test_competing_consumers_in_one_group_get_each_message_once",
-            "test_state_machine",
+            # test_state_machine: its close-with-a-message-in-hand rule may catch it too.
         },
     ),
     "IntToFloatContract": (
