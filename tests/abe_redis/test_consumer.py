@@ -351,38 +351,49 @@ async def test_replay_delivers_dead_letters_once(queue_backend_factory: RedisBac
 
 
 async def test_metrics_hook_sees_every_event(queue_backend_factory: RedisBackendFactory) -> None:
-    backend = queue_backend_factory(max_deliveries=2)
+    backend = queue_backend_factory(retention_interval_ms=100)
+    metrics = InMemoryMetrics()
+    backend.metrics = metrics  # publish, consume() and consumers of this backend report here
     for n in range(3):
         await backend.publish("m", {"n": n})
-    metrics = InMemoryMetrics()
+    assert metrics.total("published", stream="m") == 3
 
     async def handler(message: ReceivedMessage) -> None:
         if message["n"] == 0:
             raise RuntimeError("always")
 
-    consumer = RedisConsumer(
-        backend, group="g", metrics=metrics, retry_delay_s=0.01, jitter=0, retention=False
-    )
+    consumer = RedisConsumer(backend, group="g", max_attempts=2, retry_delay_s=0.01, jitter=0)
     running = Running(consumer, handler)
     await wait_until(lambda: asyncio.sleep(0, metrics.total("dead_lettered") == 1), "the dead letter")
-    await wait_until(lambda: asyncio.sleep(0, metrics.total("acked") == 2), "two acks")
+    await wait_until(lambda: asyncio.sleep(0, metrics.total("trimmed", stream="m") == 3), "retention")
     await running.stop()
     assert metrics.total("delivered", stream="m", group="g") == 4  # 3 + one retry
-    assert metrics.total("retried", stream="m", group="g") == 1
-    assert metrics.total("dead_lettered", error_type="RuntimeError") == 1
-    # A message left by a consumer that died is reclaimed by a peer's sweep.
+    assert metrics.total("acked", stream="m", group="g") == 2
+    assert metrics.total("retried", stream="m", group="g", attempt=1) == 1
+    assert metrics.total("dead_lettered", stream="m", group="g", error_type="RuntimeError") == 1
+    assert metrics.gauge("pending", stream="m", group="g") == 0
+    assert metrics.gauge("lag", stream="m", group="g") == 0
+    # A message held by a consumer that is gone is reclaimed by a peer's sweep.
     await backend.publish("m", {"n": 9})
     abandoned = queue_backend_factory(consumer_name="gone").consume(group="g")
     [message] = [await anext(abandoned)]
     assert message["n"] == 9
-    task = asyncio.current_task()
-    assert task is not None
-    peer = Running(
-        RedisConsumer(queue_backend_factory(), group="g", metrics=metrics, retention=False), handler
-    )
+    peer = Running(RedisConsumer(backend, group="g"), handler)
     await abandoned.aclose()  # closing releases it: the peer takes it over at once
-    await wait_until(lambda: asyncio.sleep(0, metrics.total("reclaimed") >= 1), "a reclaim")
+    await wait_until(lambda: asyncio.sleep(0, metrics.total("reclaimed", stream="m") == 1), "a reclaim")
+    await wait_until(lambda: asyncio.sleep(0, metrics.total("acked") == 3), "its ack")
     await peer.stop()
+    assert {name for name, _, _ in metrics.events} == {
+        "published",
+        "delivered",
+        "acked",
+        "retried",
+        "dead_lettered",
+        "reclaimed",
+        "trimmed",
+        "pending",
+        "lag",
+    }  # trimmed_unread: see test_retention
 
 
 def test_settings_are_validated(fake_backend_factory: RedisBackendFactory) -> None:
