@@ -228,9 +228,13 @@ class Retention:
             await asyncio.sleep(interval_s)
             try:
                 await streams.refresh()
-            except RedisError:
-                continue
-            await self.pass_over(list(streams.streams))
+                await self.pass_over(list(streams.streams))
+            except Exception as exc:  # a background task has no caller: log, try next time
+                log.warning(
+                    "retention pass failed, will retry: %s",
+                    type(exc).__name__,
+                    extra={"error_type": type(exc).__name__},
+                )
 
 
 class CapGuard:

@@ -276,6 +276,14 @@ class RedisConsumer:
                 loop.remove_signal_handler(signal.SIGTERM)
 
     def _on_sigterm(self) -> None:
+        if self._stopping:
+            log.warning(
+                "second SIGTERM: consumer of group %s stops now; unfinished messages are released",
+                self.group,
+                extra={"group": self.group},
+            )
+            self._request_stop(grace_s=0.0)
+            return
         log.warning(
             "SIGTERM: consumer of group %s stops reading; handlers get %.1fs to finish",
             self.group,

@@ -559,3 +559,32 @@ async def test_a_replay_to_a_key_of_another_type_is_refused_and_keeps_the_dead_l
         await dead.replay("secrets", to="not-a-stream")
     assert "4111" not in str(caught.value)
     assert await dead.count("secrets") == 1  # nothing half-done: the dead letter is still there
+
+
+@pytest.mark.abe_redis_targets("redis")
+async def test_a_second_sigterm_stops_at_once_and_releases_the_unfinished_message(
+    queue_backend_factory: RedisBackendFactory, redis_server: RedisEndpoint
+) -> None:
+    backend = queue_backend_factory()
+    await backend.publish("term2", {"n": 1})
+    process = _spawn(redis_server, handler_s=3600)
+    try:
+        assert await _line(process) == "ready"
+        assert await _line(process) == "start 1"
+        process.send_signal(signal.SIGTERM)  # the handler would need an hour: the grace is 30 s
+        process.send_signal(signal.SIGTERM)
+        assert await _line(process) == "stopped"
+        assert await asyncio.to_thread(process.wait, WAIT_S) == 0
+    finally:
+        process.kill()
+    client: Any = queue_backend_factory.client()
+    assert await pending(client, "term2", "g") == 1  # not acknowledged: it never finished
+    handled: list[tuple[int, int]] = []
+
+    async def handler(message: ReceivedMessage) -> None:
+        handled.append((message["n"], message.delivery_count))
+
+    rescuer = Running(RedisConsumer(queue_backend_factory(), group="g"), handler)
+    await wait_until(lambda: asyncio.sleep(0, bool(handled)), "the released message")
+    await rescuer.stop()
+    assert handled == [(1, 2)]
