@@ -15,6 +15,7 @@ from ._errors import (
     InvalidKeyError,
     InvalidPayloadError,
     PoisonMessageError,
+    PublishOutcomeUnknownError,
     RedisSetupError,
     ReplicationTimeoutError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "MetricsHook",
     "PermanentError",
     "PoisonMessageError",
+    "PublishOutcomeUnknownError",
     "ReceivedMessage",
     "RedisConfig",
     "RedisConsumer",

@@ -56,14 +56,11 @@ class AckQueue:
             return
         due, self._due, self._count = self._due, {}, 0
         streams = list(due)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xack(stream, self._group, *(m.message_id for m in due[stream]))
-            try:
-                replies = await pipe.execute(raise_on_error=False)
-            except TRANSIENT_ERRORS:
-                self._requeue(due)
-                raise
+        try:
+            replies = await self._send(due)
+        except TRANSIENT_ERRORS:
+            self._requeue(due)
+            raise
         failed: dict[str, list[ReceivedMessage]] = {}
         for stream, reply in zip(streams, replies, strict=True):
             messages = due[stream]
@@ -81,6 +78,19 @@ class AckQueue:
             self._leases.drop(stream, (m.message_id for m in messages))
         if failed:
             self._requeue(failed)
+
+    async def _send(self, due: dict[str, list[ReceivedMessage]]) -> list[Any]:
+        """One XACK per stream; one stream (the common case) skips the pipeline's overhead."""
+        if len(due) == 1:
+            [(stream, messages)] = due.items()
+            try:
+                return [await self._client.xack(stream, self._group, *(m.message_id for m in messages))]
+            except ResponseError as exc:
+                return [exc]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream, messages in due.items():
+                pipe.xack(stream, self._group, *(m.message_id for m in messages))
+            return list(await pipe.execute(raise_on_error=False))
 
     def _requeue(self, due: dict[str, list[ReceivedMessage]]) -> None:
         for messages in due.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -16,8 +16,15 @@ from ._codec import PAYLOAD_FIELD, check_key, encode_payload
 from ._config import RedisConfig
 from ._connection import build_client, close_client, fatal_or_raise, is_wrong_type, setup_error
 from ._delivery import GroupReader
-from ._errors import BackendClosedError, ConfigurationError, InvalidKeyError, ReplicationTimeoutError
+from ._errors import (
+    BackendClosedError,
+    ConfigurationError,
+    InvalidKeyError,
+    InvalidPayloadError,
+    ReplicationTimeoutError,
+)
 from ._message import ReceivedMessage
+from ._publisher import Publisher
 from ._registry import StreamRegistry
 from ._retention import CapGuard
 from ._scrub import scrub_pipeline_error
@@ -60,6 +67,11 @@ class RedisStreamsBackend:
         # REDIS_STREAM_MAXLEN is applied by a counted XTRIM every few publishes rather than by
         # XADD's MAXLEN, which drops unread entries without telling anyone.
         self._cap = CapGuard(self._client, self._config)
+        # Concurrent publishes share pipelined round trips on one connection; a Redis Cluster
+        # client has no single connection to share, so it sends each XADD itself.
+        self._publisher: Publisher | None = (
+            Publisher(self._client) if isinstance(self._client, Redis) else None
+        )
 
     # -- construction --------------------------------------------------------------------
 
@@ -110,23 +122,17 @@ class RedisStreamsBackend:
         registered = self._registered.get(stream)
         secrets = (config.password,)
         if config.wait_replicas:
-            await self._publish_replicated(stream, fields)
+            await self._publish_replicated(stream, [fields])
             return
         try:
+            # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
+            # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
             if registered is not None and now - registered < REREGISTER_AFTER_S:
-                # Fast path, one command: NOMKSTREAM appends only if the stream still exists, so a
-                # stream deleted since we registered it (FLUSHALL, DEL) takes the full path below.
-                added = await fatal_or_raise(
-                    self._client.xadd(stream, fields, nomkstream=True),
-                    secrets=secrets,
-                )
-                if added is not None:
+                added = await fatal_or_raise(self._xadd(stream, [fields], nomkstream=True), secrets=secrets)
+                if added:
                     await self._published(stream)
                     return
-            await fatal_or_raise(
-                self._client.xadd(stream, fields),
-                secrets=secrets,
-            )
+            await fatal_or_raise(self._xadd(stream, [fields], nomkstream=False), secrets=secrets)
         except ResponseError as exc:
             if is_wrong_type(exc):
                 raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
@@ -134,32 +140,89 @@ class RedisStreamsBackend:
         await self._register(stream, now)
         await self._published(stream)
 
+    async def publish_many(self, key: str, payloads: Sequence[dict[str, Any]]) -> list[str]:
+        """Append every payload to stream ``key``, in order, in as few round trips as the
+        batching allows; returns their entry ids. Every payload is checked first, so an invalid
+        one (its index named in the error) means nothing is written."""
+        self._check_open()
+        config = self._config
+        stream = check_key(
+            key,
+            reserved_suffix=config.dead_letter_suffix,
+            registry_key=str(config.registry_key),
+            key_prefix=config.key_prefix,
+        )
+        batch: list[dict[Any, Any]] = []
+        for index, payload in enumerate(payloads):
+            try:
+                batch.append({PAYLOAD_FIELD: encode_payload(payload)})
+            except InvalidPayloadError as exc:
+                raise InvalidPayloadError(
+                    exc.path.replace("payload", f"payloads[{index}]", 1), exc.problem
+                ) from None
+        if not batch:
+            return []
+        if config.wait_replicas:
+            return await self._publish_replicated(stream, batch)
+        now = time.monotonic()
+        secrets = (config.password,)
+        try:
+            ids = await fatal_or_raise(self._xadd(stream, batch, nomkstream=False), secrets=secrets)
+        except ResponseError as exc:
+            if is_wrong_type(exc):
+                raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
+            raise
+        registered = self._registered.get(stream)
+        if registered is None or now - registered >= REREGISTER_AFTER_S:
+            await self._register(stream, now)
+        for _ in batch:
+            await self._published(stream)
+        return ids
+
+    async def _xadd(self, stream: str, batch: list[dict[Any, Any]], *, nomkstream: bool) -> list[str]:
+        """Entry ids of ``batch`` appended to ``stream``; empty when NOMKSTREAM found no stream."""
+        if self._publisher is not None:
+            if len(batch) == 1:
+                entry_id = await self._publisher.xadd(stream, batch[0], maxlen=None, nomkstream=nomkstream)
+                return [entry_id] if entry_id is not None else []
+            return await self._publisher.xadd_many(stream, batch, maxlen=None, nomkstream=nomkstream) or []
+        ids = []
+        for fields in batch:
+            added = await self._client.xadd(stream, fields, nomkstream=nomkstream)
+            if added is None:
+                return []
+            ids.append(added.decode() if isinstance(added, bytes) else str(added))
+        return ids
+
     async def _published(self, stream: str) -> None:
         emit(self.metrics, "published", stream=stream)
         await self._cap.published(stream, self.metrics)
 
-    async def _publish_replicated(self, stream: str, fields: dict[Any, Any]) -> None:
-        """XADD then WAIT on the same connection (WAIT counts the replicas that have this
-        connection's writes), for callers who need the entry on a replica before returning."""
+    async def _publish_replicated(self, stream: str, batch: list[dict[Any, Any]]) -> list[str]:
+        """XADDs then WAIT on the same connection (WAIT counts the replicas that have this
+        connection's writes), for callers who need the entries on a replica before returning."""
         config = self._config
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, fields)
+            for fields in batch:
+                pipe.xadd(stream, fields)
             pipe.wait(config.wait_replicas, config.wait_timeout_ms)
             try:
-                _, replicas = await fatal_or_raise(pipe.execute(), secrets=(config.password,))
+                *ids, replicas = await fatal_or_raise(pipe.execute(), secrets=(config.password,))
             except ResponseError as exc:
                 if is_wrong_type(exc) or "WRONGTYPE" in str(exc):
                     raise InvalidKeyError(f"key {stream!r} holds another Redis type, not a stream") from None
                 # redis-py puts the command's arguments, the payload, into a pipeline's error.
                 scrub_pipeline_error(exc)
                 raise
-        await self._published(stream)
+        for _ in batch:
+            await self._published(stream)
         now = time.monotonic()
         registered = self._registered.get(stream)
         if registered is None or now - registered >= REREGISTER_AFTER_S:
             await self._register(stream, now)
         if int(replicas) < config.wait_replicas:
             raise ReplicationTimeoutError(stream, config.wait_replicas, int(replicas), config.wait_timeout_ms)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def _register(self, stream: str, now: float) -> None:
         config = self._config
@@ -233,6 +296,8 @@ class RedisStreamsBackend:
         if self._closed:
             return
         self._closed = True
+        if self._publisher is not None:
+            await self._publisher.aclose()  # sends what it accepted, gives its connection back
         if self._owns_client:
             await close_client(self._client)
 

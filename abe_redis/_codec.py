@@ -64,7 +64,8 @@ def decode_fields(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
         names = ", ".join(sorted(_text(k) for k in fields))
         raise PoisonMessageError(f"entry has no {PAYLOAD_FIELD!r} field (fields: {names})")
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise PoisonMessageError(f"{PAYLOAD_FIELD!r} nests too deeply to decode") from None
     except PoisonMessageError:
@@ -89,6 +90,10 @@ _ESCAPED_SURROGATE = re.compile(rb"\\[uU][dD][89abAB]")
 def _refuse_constant(name: str) -> Any:
     # NaN, Infinity and -Infinity are not JSON; publish refuses them (allow_nan=False).
     raise PoisonMessageError(f"{PAYLOAD_FIELD!r} holds {name}, which is not valid JSON")
+
+
+# One decoder for every message: json.loads with any keyword argument builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:

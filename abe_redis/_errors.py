@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 
 class AbeRedisError(Exception):
     """Base class of every error raised by abe-redis itself."""
@@ -63,4 +65,21 @@ class ReplicationTimeoutError(AbeRedisError):
         super().__init__(
             f"published to {stream!r} on the master, but only {acknowledged} of {wanted} replicas "
             f"confirmed it within {timeout_ms} ms"
+        )
+
+
+class PublishOutcomeUnknownError(AbeRedisError, RedisConnectionError):
+    """The connection failed after this entry was handed to the socket: it may or may not be in
+    the stream. Publishing it again is safe only where a duplicate is acceptable.
+
+    A subclass of redis-py's ``ConnectionError``, so code that catches connection errors still
+    does; when an entry certainly was not sent, the plain redis-py error is raised instead.
+    ``stream`` names the stream; the connection error is the ``__cause__``.
+    """
+
+    def __init__(self, stream: str, cause: BaseException) -> None:
+        self.stream = stream
+        super().__init__(
+            f"XADD to {stream!r} may or may not have been written: the connection failed after "
+            f"it was sent ({type(cause).__name__}: {cause})"
         )

@@ -30,10 +30,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import BusyLoadingError, RedisError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._errors import AbeRedisError
+from ._errors import PublishOutcomeUnknownError
 
 __all__ = ["PublishOutcomeUnknownError", "Publisher"]
 
@@ -43,23 +42,6 @@ FieldsT = Mapping[str, _FieldValue] | Mapping[bytes, _FieldValue] | Mapping[str 
 # What one queued entry costs beyond its packed command (future, slots, deque cell): counting
 # it keeps a flood of tiny entries bounded too.
 _ENTRY_OVERHEAD = 200
-
-
-class PublishOutcomeUnknownError(AbeRedisError, RedisConnectionError):
-    """The connection failed after this entry was handed to the socket: it may or may not be in
-    the stream. Publishing it again is safe only where a duplicate is acceptable.
-
-    A subclass of redis-py's ``ConnectionError``, so code that catches connection errors still
-    does; when an entry certainly was not sent, the plain redis-py error is raised instead.
-    ``stream`` names the stream; the connection error is the ``__cause__``.
-    """
-
-    def __init__(self, stream: str, cause: BaseException) -> None:
-        self.stream = stream
-        super().__init__(
-            f"XADD to {stream!r} may or may not have been written: the connection failed after "
-            f"it was sent ({type(cause).__name__}: {cause})"
-        )
 
 
 class _NotSent(Exception):

@@ -213,3 +213,33 @@ async def test_closed_backend_refuses_to_consume(queue_backend_factory: RedisBac
     await backend.aclose()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         backend.consume()
+
+
+async def test_publish_many_writes_in_order_or_nothing(queue_backend_factory: RedisBackendFactory) -> None:
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    ids = await backend.publish_many("bulk", [{"n": n} for n in range(50)])
+    as_numbers = [tuple(int(part) for part in entry_id.split("-")) for entry_id in ids]
+    assert len(ids) == 50 and as_numbers == sorted(as_numbers)
+    with pytest.raises(InvalidPayloadError, match=r"payloads\[2\]"):
+        await backend.publish_many("bulk", [{"n": 1}, {"n": 2}, {"bad": float("nan")}])
+    assert await client.xlen("bulk") == 50  # the invalid batch wrote nothing
+    stream = backend.consume(group="g")
+    try:
+        assert [m["n"] for m in await take(stream, 50)] == list(range(50))
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.abe_redis_targets("redis", "valkey")
+async def test_concurrent_publishes_share_round_trips(queue_backend_factory: RedisBackendFactory) -> None:
+    backend = queue_backend_factory()
+    await backend.publish("coalesced", {"n": -1})  # registers the stream: later ones take one command
+    publisher = backend._publisher
+    assert publisher is not None
+    before = publisher.round_trips
+    await asyncio.gather(*(backend.publish("coalesced", {"n": n}) for n in range(256)))
+    trips = publisher.round_trips - before
+    assert trips < 256 / 4, trips  # batched, not one round trip per publish
+    client: Any = queue_backend_factory.client()
+    assert await client.xlen("coalesced") == 257
