@@ -1,13 +1,14 @@
 """A RedisConsumer in its own process, for the kill -9 and SIGTERM tests.
 
 Settings come as JSON in ``ABE_REDIS_TEST_CONSUMER`` (url, group, handler_s). It prints one line
-per event, flushed at once: ``ready``, ``start <n>``, ``end <n>``, ``stopped``.
+per event, flushed at once: ``ready``, ``start <n>``, ``sigterm``, ``end <n>``, ``stopped``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -20,7 +21,16 @@ def say(*parts: object) -> None:
     sys.stdout.flush()
 
 
+class _SaySigterm(logging.Handler):
+    """Reports that the consumer handled a SIGTERM, so the test knows when to send the next."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("SIGTERM"):
+            say("sigterm")
+
+
 async def main(settings: dict[str, Any]) -> None:
+    logging.getLogger("abe_redis").addHandler(_SaySigterm())
     handler_s = float(settings.pop("handler_s"))
     group = settings.pop("group")
     url = settings.pop("url")

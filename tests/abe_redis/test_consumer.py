@@ -468,6 +468,7 @@ async def test_sigterm_lets_the_running_handler_finish_and_acknowledges_it(
         assert await _line(process) == "ready"
         assert await _line(process) == "start 1"
         process.send_signal(signal.SIGTERM)
+        assert await _line(process) == "sigterm"
         assert await _line(process) == "end 1"
         assert await _line(process) == "stopped"
         assert await asyncio.to_thread(process.wait, WAIT_S) == 0
@@ -572,6 +573,7 @@ async def test_a_second_sigterm_stops_at_once_and_releases_the_unfinished_messag
         assert await _line(process) == "ready"
         assert await _line(process) == "start 1"
         process.send_signal(signal.SIGTERM)  # the handler would need an hour: the grace is 30 s
+        assert await _line(process) == "sigterm"
         process.send_signal(signal.SIGTERM)
         assert await _line(process) == "stopped"
         assert await asyncio.to_thread(process.wait, WAIT_S) == 0
