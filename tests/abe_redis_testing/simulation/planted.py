@@ -2,14 +2,15 @@
 simulator's power to find it.
 
 Each bug is a patch applied only while its seeds run. The patches that reach into the consume
-engine name the engine's private methods in one place (:data:`_ENGINE`), so re-targeting them to
-a rewritten engine means editing that one place. A bug counts as *found* on a seed when its
+engine name its private collaborators in one place (the constants below), so re-targeting them
+to a rewritten engine means editing that one place. A bug counts as *found* on a seed when its
 target category shows more anomalies than the unmodified backend shows on the same seed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ from unittest import mock
 from abe_redis import ReceivedMessage, RedisStreamsBackend
 from abe_redis_testing.simulation import SimulationResult, run_seed
 
-_ENGINE = "abe_redis._delivery.GroupReader"
-"""Where the consume engine's reader lives today (the pre-lease engine)."""
+# The engine's private collaborators the patches below switch off, named in one place: when the
+# engine is rewritten, re-target these.
+_RECOVERY = "abe_redis._recovery.Recovery"
+_LEASES = "abe_redis._lease.LeaseTable"
+_READER = "abe_redis._delivery.GroupReader"
+_MEMBERSHIP = "abe_redis._membership.Membership"
 
 
 class _AckFirst(RedisStreamsBackend):
@@ -49,66 +54,81 @@ def _no_patch() -> Iterator[None]:
     yield
 
 
+def _original(target: str, name: str) -> Any:
+    module, _, cls = target.rpartition(".")
+    return getattr(getattr(importlib.import_module(module), cls), name)
+
+
 @contextlib.contextmanager
 def _orphans_counted() -> Iterator[None]:
-    """Taking back entries whose read reply was lost counts as a delivery (XCLAIM without
-    JUSTID), although no handler saw them."""
-    original = _engine_attr("_replay_own_pending")
+    """Taking back entries whose read reply was lost counts a delivery (XCLAIM without JUSTID),
+    although no handler saw them."""
+    original = _original(_RECOVERY, "own_pending")
 
-    async def replay(self: Any) -> bool:
-        self._count_replays = True
-        result: bool = await original(self)
-        return result
+    async def own_pending(self: Any, streams: list[str], room: int, *, counted: bool) -> Any:
+        return await original(self, streams, room, counted=True)
 
-    with mock.patch(f"{_ENGINE}._replay_own_pending", replay):
+    with mock.patch(f"{_RECOVERY}.own_pending", own_pending):
         yield
 
 
 @contextlib.contextmanager
 def _orphans_ignored() -> Iterator[None]:
-    """Only the replay at start runs; entries orphaned later by a lost read reply wait for
-    another consumer's claim after claim_idle_ms."""
-    original = _engine_attr("_replay_own_pending")
+    """Only the take-back at start runs; entries orphaned later by a lost read reply wait for a
+    peer's sweep after claim_idle_ms (which counts a delivery)."""
+    original = _original(_RECOVERY, "own_pending")
 
-    async def replay(self: Any) -> bool:
-        if getattr(self, "_planted_started", False):
-            return False
-        result: bool = await original(self)
-        if not result:
-            self._planted_started = True
-        return result
+    async def own_pending(self: Any, streams: list[str], room: int, *, counted: bool) -> Any:
+        return await original(self, streams, room, counted=counted) if counted else []
 
-    with mock.patch(f"{_ENGINE}._replay_own_pending", replay):
+    with mock.patch(f"{_RECOVERY}.own_pending", own_pending):
+        yield
+
+
+@contextlib.contextmanager
+def _no_prefetch_refresh() -> Iterator[None]:
+    """The lease heartbeat refreshes only the message in the handler's hands, not the ones
+    read ahead and waiting in the buffer."""
+
+    async def refresh(self: Any) -> list[tuple[str, str]]:
+        streams = self.streams()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                handed = [i for i, lease in self._held[stream].items() if lease.handed]
+                if handed:
+                    pipe.xclaim(stream, self._group, self.consumer, 0, handed, justid=True)
+            await pipe.execute(raise_on_error=False)
+        return []
+
+    with (
+        mock.patch(f"{_LEASES}.refresh", refresh),
+        mock.patch(f"{_LEASES}.stale", lambda self, stream: False),
+    ):
         yield
 
 
 @contextlib.contextmanager
 def _group_not_recreated() -> Iterator[None]:
-    """After a flush, the reader backs off and retries, but never creates its group again."""
-    from abe_redis._delivery import backoff_sleep
+    """After a flush the reader backs off and retries, but never creates its group again."""
 
-    async def recreate(self: Any, exc: Exception) -> None:
-        self._failures += 1
-        await backoff_sleep(self._failures)
+    async def recreate(self: Any) -> None:
+        return None
 
-    with mock.patch(f"{_ENGINE}._recreate_groups", recreate):
+    with mock.patch(f"{_READER}._recreate_groups", recreate):
         yield
 
 
 @contextlib.contextmanager
 def _names_reused() -> Iterator[None]:
-    """Every consumer of a backend gets the same name."""
+    """A consumer takes the first candidate name whether or not a live consumer holds it."""
 
-    def name(self: Any) -> tuple[str, bool]:
-        return (self.config.consumer_name or "consumer", False)
+    async def join(self: Any) -> str:
+        self.name = str(next(iter(self._candidates())))
+        await self._announce()
+        return self.name
 
-    with mock.patch.object(RedisStreamsBackend, "_new_consumer_name", name):
+    with mock.patch(f"{_MEMBERSHIP}.join", join):
         yield
-
-
-def _engine_attr(name: str) -> Any:
-    module, _, cls = _ENGINE.rpartition(".")
-    return getattr(getattr(__import__(module, fromlist=[cls]), cls), name)
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,13 @@ PLANTED: tuple[PlantedBug, ...] = (
         "ack before the handler finishes", "lost", "fast", ("kill", "handler-error"), factory=_ack_first
     ),
     PlantedBug(
+        "no lease refresh on prefetched messages",
+        "concurrently_handled",
+        "prefetch",
+        (),
+        patch=_no_prefetch_refresh,
+    ),
+    PlantedBug(
         "claims of unseen messages counted as deliveries",
         "count_skipped",
         "fast",
@@ -138,7 +165,9 @@ PLANTED: tuple[PlantedBug, ...] = (
         patch=_orphans_counted,
     ),
     PlantedBug("group not recreated after a flush", "lost", "fast", ("restart",), patch=_group_not_recreated),
-    PlantedBug("consumer names reused", "concurrently_handled", "shared", (), patch=_names_reused),
+    PlantedBug(
+        "consumer names reused", "concurrently_handled", "shared", ("handler-error",), patch=_names_reused
+    ),
     PlantedBug(
         "entries orphaned by a lost reply ignored",
         "count_skipped",
@@ -147,9 +176,6 @@ PLANTED: tuple[PlantedBug, ...] = (
         patch=_orphans_ignored,
     ),
 )
-NOT_YET_PLANTED = ("no lease refresh on prefetched messages",)
-"""Needs the lease of the rewritten engine: today's engine has no refresh to switch off (its
-prefetched messages are claimed away anyway: ``abe-redis simulate --workload prefetch``)."""
 
 
 @dataclass(frozen=True)
