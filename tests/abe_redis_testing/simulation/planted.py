@@ -123,9 +123,10 @@ def _names_reused() -> Iterator[None]:
     """A consumer takes the first candidate name whether or not a live consumer holds it."""
 
     async def join(self: Any) -> str:
-        self.name = str(next(iter(self._candidates())))
+        name = str(next(iter(self._candidates())))
+        self.name = name
         await self._announce()
-        return self.name
+        return name
 
     with mock.patch(f"{_MEMBERSHIP}.join", join):
         yield
