@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._faults import FAULT_KINDS, FaultPlan, parse_faults
 from ._history import CATEGORIES, DEFAULT_FAILING, DeadLettered, Handling, History, Verdict, check
-from ._loop import SimLoop, SimulationDeadlock, virtual_world
+from ._loop import SimLoop, SimulationDeadlock, SimulationStuck, virtual_world
 from ._network import LinkFaults, SimConnection, SimNetwork
 from ._replay import SimulationFailure, replay_seed
 from ._runner import SimulationResult, replay_command, run_seed
@@ -32,6 +32,7 @@ __all__ = [
     "SimulationDeadlock",
     "SimulationFailure",
     "SimulationResult",
+    "SimulationStuck",
     "Verdict",
     "Workload",
     "check",

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["EPOCH", "SimLoop", "SimulationDeadlock", "virtual_world"]
+__all__ = ["EPOCH", "SimLoop", "SimulationDeadlock", "SimulationStuck", "virtual_world"]
 
 EPOCH = 1_767_225_600.0
 """What ``time.time()`` reads at virtual time 0 (2026-01-01 UTC): a fixed, plausible date."""
@@ -32,6 +32,16 @@ EPOCH = 1_767_225_600.0
 
 class SimulationDeadlock(RuntimeError):
     """Every task waits and no timer is due: real time would pass forever."""
+
+
+class SimulationStuck(RuntimeError):
+    """Callbacks keep running while no virtual time passes: a busy loop, which on a real clock
+    would burn a core."""
+
+
+SPIN_LIMIT = 200_000
+"""Loop iterations without virtual time passing before a run counts as stuck (a whole
+200-message schedule takes a few thousand iterations)."""
 
 
 class _VirtualSelector:
@@ -75,6 +85,7 @@ class SimLoop(asyncio.BaseEventLoop):
         self._shuffle = shuffle
         self._selector = _VirtualSelector(self)
         self.iterations = 0
+        self._spins = 0
         self._created = 0
         self.set_task_factory(self._new_task)
 
@@ -103,6 +114,12 @@ class SimLoop(asyncio.BaseEventLoop):
         if timeout > 0 and scheduled:
             # Jump straight to the next timer, not to now + timeout: no float drift.
             self._now = max(self._now, scheduled[0]._when)
+            self._spins = 0
+        else:
+            self._spins += 1
+            if self._spins > SPIN_LIMIT:
+                self._spins = 0
+                raise SimulationStuck(f"{SPIN_LIMIT} loop iterations at virtual time {self._now:.3f}s")
         # Move every due timer into the ready queue ourselves, so the shuffle below sees them
         # (the base loop would append them after this returns, always last).
         while scheduled and scheduled[0]._when <= self._now:

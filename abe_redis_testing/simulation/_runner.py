@@ -26,7 +26,7 @@ from abe_redis import DeadLetter, RedisStreamsBackend
 
 from ._faults import FAULT_KINDS, FaultPlan, choose_faults
 from ._history import DEFAULT_FAILING, DeadLettered, Handling, History, Verdict, check
-from ._loop import SimLoop, virtual_world
+from ._loop import SimLoop, SimulationDeadlock, SimulationStuck, virtual_world
 from ._network import SimNetwork, current_node, sim_connections
 from ._workload import Workload, choose_workload
 
@@ -119,6 +119,10 @@ def run_seed(
     with _no_gc(), virtual_world(loop, seed), sim_connections(sim.network), _logs(log_level):
         try:
             loop.run_until_complete(sim.main())
+        except (SimulationStuck, SimulationDeadlock) as exc:
+            # The run cannot go on; what it recorded so far is still judged.
+            sim.history.crashes.append((loop.time(), "event loop", f"{type(exc).__name__}: {exc}"))
+            sim.record(f"aborted {type(exc).__name__}: {exc}")
         finally:
             _close_loop(loop)
     wall = time.perf_counter() - started
@@ -182,9 +186,10 @@ def _close_loop(loop: SimLoop) -> None:
         tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
         for task in tasks:
             task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
+        with contextlib.suppress(SimulationStuck, SimulationDeadlock):
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -61,3 +62,19 @@ def test_replay_seed_raises_with_the_anomalies_and_the_command() -> None:
     text = str(failure.value)
     assert "lost" in text
     assert f"abe-redis simulate --seed {found.seed} --workload fast --faults restart" in text
+
+
+def test_a_busy_loop_is_reported_not_hung() -> None:
+    from abe_redis import RedisStreamsBackend
+
+    class Spinning(RedisStreamsBackend):
+        async def publish(self, key: str, payload: dict[str, object]) -> None:
+            if payload.get("n") == 3:
+                # A busy loop (the thing under test): it never lets virtual time pass.
+                while True:  # noqa: ASYNC110
+                    await asyncio.sleep(0)
+            await super().publish(key, payload)
+
+    result = run_seed(0, workload="fast", faults=(), backend_factory=Spinning.from_url)
+    assert result.verdict.counts["crashed"] >= 1
+    assert any("SimulationStuck" in e for e in result.verdict.examples["crashed"])
