@@ -180,7 +180,13 @@ class SimConnection(FakeAsyncRedisConnection):
         self.last_command = name = _command_name(command)
         network.commands[name] = network.commands.get(name, 0) + 1
         if self.latency or network.faults.jitter_ms:
-            await asyncio.sleep(network.delay(self.latency))
+            try:
+                await asyncio.sleep(network.delay(self.latency))
+            except BaseException:
+                # Cancelled before the command left: a caller may still read this connection
+                # for the replies of commands it sent earlier (a pipeline), so drop it.
+                await self.disconnect(nowait=True)
+                raise
         if self.is_connected and network.drop_before_send(self, name):
             await self.disconnect()
             raise RedisConnectionError(f"simulated: connection reset before {name} was sent")
@@ -199,8 +205,14 @@ class SimConnection(FakeAsyncRedisConnection):
                 ) from None
             raise
         network = self.network
-        if self.latency or network.faults.jitter_ms:
-            await asyncio.sleep(network.delay(self.latency))
+        try:
+            if self.latency or network.faults.jitter_ms:
+                await asyncio.sleep(network.delay(self.latency))
+        except BaseException:
+            # Cancelled while the reply was "in flight": like redis-py on a real socket, drop
+            # the connection, or the rest of a pipeline's replies would answer its next user.
+            await self.disconnect(nowait=True)
+            raise
         if network.drop_reply(self):
             await self.disconnect()
             raise RedisConnectionError(f"simulated: reply to {self.last_command} lost")
