@@ -37,6 +37,8 @@ __all__ = ["CapResult", "Retention", "TrimResult"]
 
 log = logging.getLogger("abe_redis")
 
+_CHUNK = 100
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -94,10 +96,15 @@ class Retention:
         self.metrics = metrics
         self.server_acked_trim: bool | None = None
         """Whether the server has ``XTRIM … ACKED`` (None: not asked yet)."""
+        # The safe point each stream was last trimmed to: ids only grow, so an unchanged point
+        # has nothing new below it and needs no XTRIM.
+        self._trimmed_to: dict[str, str] = {}
 
-    async def groups(self, stream: str) -> list[GroupState]:
-        """Each group's pending count, last delivered id, lag and lowest pending id."""
-        infos = await self._client.xinfo_groups(stream)
+    async def groups(self, stream: str, infos: list[Any] | None = None) -> list[GroupState]:
+        """Each group's pending count, last delivered id, lag and lowest pending id
+        (``infos``: the stream's ``XINFO GROUPS`` reply, if already read)."""
+        if infos is None:
+            infos = await self._client.xinfo_groups(stream)
         busy = [info for info in infos if int(info["pending"])]
         lowest: dict[str, str] = {}
         if busy:
@@ -123,9 +130,9 @@ class Retention:
             )
         return states
 
-    async def trim(self, stream: str) -> TrimResult:
+    async def trim(self, stream: str, infos: list[Any] | None = None) -> TrimResult:
         """Remove the entries every group of ``stream`` has acknowledged; report pending and lag."""
-        states = await self.groups(stream)
+        states = await self.groups(stream, infos)
         for state in states:
             emit(self.metrics, "pending", state.pending, stream=stream, group=state.name)
             if state.lag is not None:
@@ -133,7 +140,12 @@ class Retention:
         if not states:
             return TrimResult(stream, 0, None)
         point = min((s.acked_below for s in states), key=_parse_id)
+        if self._trimmed_to.get(stream) == point:
+            return TrimResult(stream, 0, point, tuple(states))
         trimmed = await self._xtrim_minid(stream, point)
+        if len(self._trimmed_to) >= 100_000:
+            self._trimmed_to.clear()
+        self._trimmed_to[stream] = point
         if trimmed:
             emit(self.metrics, "trimmed", trimmed, stream=stream)
             log.debug(
@@ -205,20 +217,42 @@ class Retention:
         """One retention pass: acknowledged-aware trim, then the hard cap if configured.
         Returns (entries trimmed, of which unread). A stream that fails is skipped this time."""
         trimmed = unread = 0
-        for stream in streams:
-            try:
-                trimmed += (await self.trim(stream)).trimmed
-                if self._config.stream_maxlen is not None:
-                    capped = await self.cap(stream, self._config.stream_maxlen)
-                    trimmed += capped.trimmed
-                    unread += sum(capped.unread.values())
-            except (RedisError, KeyError, ValueError) as exc:
-                log.info(
-                    "retention skipped %s this time: %s",
-                    stream,
-                    type(exc).__name__,
-                    extra={"stream": stream, "error_type": type(exc).__name__},
-                )
+        maxlen = self._config.stream_maxlen
+        for start in range(0, len(streams), _CHUNK):
+            chunk = streams[start : start + _CHUNK]
+            # One round trip reads the groups (and length) of a whole chunk of streams.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream in chunk:
+                    pipe.xinfo_groups(stream)
+                    pipe.xlen(stream)
+                replies = await pipe.execute(raise_on_error=False)
+            for i, stream in enumerate(chunk):
+                infos, length = replies[2 * i], replies[2 * i + 1]
+                if isinstance(infos, Exception) or isinstance(length, Exception):
+                    continue  # gone, or not a stream any more: nothing to trim
+                done, lost = await self._pass_one(stream, infos, int(length), maxlen)
+                trimmed += done
+                unread += lost
+        return trimmed, unread
+
+    async def _pass_one(
+        self, stream: str, infos: list[Any], length: int, maxlen: int | None
+    ) -> tuple[int, int]:
+        trimmed = unread = 0
+        try:
+            result = await self.trim(stream, infos)
+            trimmed += result.trimmed
+            if maxlen is not None and length - result.trimmed > maxlen:
+                capped = await self.cap(stream, maxlen)
+                trimmed += capped.trimmed
+                unread += sum(capped.unread.values())
+        except (RedisError, KeyError, ValueError) as exc:
+            log.info(
+                "retention skipped %s this time: %s",
+                stream,
+                type(exc).__name__,
+                extra={"stream": stream, "error_type": type(exc).__name__},
+            )
         return trimmed, unread
 
     async def run_periodically(self, registry: StreamRegistry, interval_s: float) -> None:

@@ -144,3 +144,21 @@ async def test_publishing_with_a_hard_cap_counts_what_it_drops_unread(
     assert metrics.total("trimmed_unread", stream="orders", group="billing") == dropped
     logged = sum(r.unread_trimmed for r in caplog.records if hasattr(r, "unread_trimmed"))
     assert logged == dropped
+
+
+async def test_a_pass_reads_streams_in_pipelined_chunks_and_skips_what_cannot_be_trimmed(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    client: Any = queue_backend_factory.client()
+    streams = [f"many:{n}" for n in range(250)]
+    for stream in streams:
+        entry_id = await client.xadd(stream, {"payload": "{}"})
+        await client.xgroup_create(stream, "g", id="0")
+        await client.xreadgroup("g", "c", {stream: ">"})
+        await client.xack(stream, "g", entry_id)
+    await client.set("many:not-a-stream", "x")
+    retention = Retention(client, queue_backend_factory.config())
+    trimmed, unread = await retention.pass_over([*streams, "many:not-a-stream", "many:missing"])
+    assert (trimmed, unread) == (250, 0)
+    assert all([await client.xlen(stream) == 0 for stream in streams])
+    assert await retention.pass_over(streams) == (0, 0)  # nothing new: no XTRIM sent
