@@ -285,10 +285,11 @@ class CapGuard:
         self._since: dict[str, int] = {}
         self._busy: set[str] = set()
 
-    async def published(self, stream: str, metrics: MetricsHook = NULL_METRICS) -> None:
+    async def published(self, stream: str, metrics: MetricsHook = NULL_METRICS, *, entries: int = 1) -> None:
+        """Note ``entries`` new entries of ``stream``; trims when enough have come."""
         if self._maxlen is None:
             return
-        count = self._since.get(stream, 0) + 1
+        count = self._since.get(stream, 0) + entries
         if count < self.every or stream in self._busy:
             if len(self._since) >= self._LIMIT and stream not in self._since:
                 self._since.clear()
