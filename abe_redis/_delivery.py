@@ -373,8 +373,11 @@ class GroupReader:
                 count=plan.count,
                 block=self._config.block_ms if plan.block else None,
             )
-        except TRANSIENT_ERRORS:
-            self._orphan_check.update(plan.streams)  # the reply may have carried entries
+        except BaseException as exc:
+            if not isinstance(exc, (*TRANSIENT_ERRORS, asyncio.CancelledError)):
+                raise
+            # The reply may have carried entries: look for them before the next read, or on close.
+            self._orphan_check.update(plan.streams)
             raise
         entries = stream_entries(response)
         notes = [e for e in entries if e[0] == notifications]
@@ -587,6 +590,10 @@ class GroupReader:
                 if self._leases is not None and self._acks is not None:
                     await self._acks.flush()  # the caller moved past these: they are handled
                     self._buffer.clear()
+                    if self._orphan_check and self._recovery is not None:
+                        # A read cut short (a shutdown cancels the blocking wait) may have left
+                        # entries in this consumer's name: take them, so they are released too.
+                        await self._recovery.own_pending(sorted(self._orphan_check), 10_000, counted=False)
                     await self._leases.release()
                 if self._membership.name:
                     await self._membership.leave([*self._streams.streams, self._registry.notifications_key])

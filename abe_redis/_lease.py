@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+_RELEASED_LIMIT = 10_000
+
 
 @dataclass(slots=True)
 class Lease:
@@ -47,6 +49,9 @@ class LeaseTable:
         self._refresh_s = refresh_ms / 1000
         self._held: dict[str, dict[str, Lease]] = {}
         self._refreshed_at: dict[str, float] = {}
+        self.released: dict[tuple[str, str], None] = {}
+        """Handed-out entries this live consumer gave back: if it takes one back itself, that is
+        a new delivery, unlike an orphan of a lost reply."""
 
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._held.values())
@@ -197,7 +202,10 @@ class LeaseTable:
             self.clear()
         else:
             for stream, held in chosen.items():
+                self.released.update(dict.fromkeys((stream, i) for i, lease in held.items() if lease.handed))
                 self.drop(stream, list(held))
+            while len(self.released) > _RELEASED_LIMIT:  # most are long acknowledged by peers
+                del self.released[next(iter(self.released))]
 
 
 def _text(value: bytes | str) -> str:

@@ -109,6 +109,19 @@ class Recovery:
         return taken
 
     async def _take_back(self, stream: str, pending: list[dict[str, Any]]) -> list[Taken]:
+        """Entries of this consumer's own pending list that it does not hold."""
+        released = self._leases.released
+        again = [p for p in pending if (stream, _text(p["message_id"])) in released]
+        taken: list[Taken] = []
+        if again:
+            # Handed out before and given back by this consumer: taking one again is a delivery.
+            again_ids = {_text(p["message_id"]) for p in again}
+            for entry_id in again_ids:
+                released.pop((stream, entry_id), None)
+            pending = [p for p in pending if _text(p["message_id"]) not in again_ids]
+            taken = await self._claim(stream, again, self._config.claim_idle_ms // 2)
+            if not pending:
+                return taken
         counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
         ids = list(counts)
         sent = time.monotonic()
@@ -120,9 +133,9 @@ class Recovery:
                 pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute()
         data = {_text(r[0][0]): r[0][1] for r in replies if r}
-        taken = [Taken(stream, i, data.get(i), max(1, counts[i])) for i in claimed_ids]
-        self._leases.take(stream, [(t.entry_id, t.count) for t in taken], at=sent)
-        return taken
+        orphans = [Taken(stream, i, data.get(i), max(1, counts[i])) for i in claimed_ids]
+        self._leases.take(stream, [(t.entry_id, t.count) for t in orphans], at=sent)
+        return taken + orphans
 
     async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> list[Taken]:
         """Claim (counting a delivery) entries seen in ``XPENDING``; the count is the one seen

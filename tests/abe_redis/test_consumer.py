@@ -366,6 +366,10 @@ async def test_metrics_hook_sees_every_event(queue_backend_factory: RedisBackend
     running = Running(consumer, handler)
     await wait_until(lambda: asyncio.sleep(0, metrics.total("dead_lettered") == 1), "the dead letter")
     await wait_until(lambda: asyncio.sleep(0, metrics.total("trimmed", stream="m") == 3), "retention")
+    # Gauges come from the periodic retention pass: wait for one that ran after the last ack.
+    await wait_until(
+        lambda: asyncio.sleep(0, metrics.gauge("pending", stream="m", group="g") == 0), "pending back to 0"
+    )
     await running.stop()
     assert metrics.total("delivered", stream="m", group="g") == 4  # 3 + one retry
     assert metrics.total("acked", stream="m", group="g") == 2

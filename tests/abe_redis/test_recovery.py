@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 from typing import Any
+
+import pytest
 
 from abe_redis import DeadLetters
 from abe_redis_testing import RedisBackendFactory
@@ -55,10 +58,10 @@ async def test_retry_loop_dead_letters_only_what_a_handler_saw_max_deliveries_ti
     await asyncio.wait_for(run(), 30)
     letters = await dead_letters.entries("retry", count=200)
     for letter in letters:
-        n = letter.payload["n"]
+        n = json.loads(letter.fields[b"payload"])["n"]
         assert received[n] >= 5, f"message {n} dead-lettered after {received[n]} handler calls"
         assert letter.delivery_count == received[n] + 1
-    assert handled | {letter.payload["n"] for letter in letters} == set(range(100))
+    assert handled | {json.loads(letter.fields[b"payload"])["n"] for letter in letters} == set(range(100))
     assert len(letters) <= 1
 
 
@@ -106,3 +109,62 @@ async def test_sweeps_cost_does_not_grow_with_streams(queue_backend_factory: Red
         await stream.aclose()
     assert looked
     assert max(looked) == 7
+
+
+async def test_a_message_a_live_consumer_gives_back_and_takes_again_counts_twice(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    from abe_redis._delivery import GroupReader
+
+    backend = queue_backend_factory(claim_idle_ms=200, claim_interval_ms=50)
+    await backend.publish("again", {"n": 1})
+    reader = GroupReader(backend.client, backend.config, group="g", registry=backend.registry)
+    try:
+        first = await asyncio.wait_for(reader.receive(), 10)
+        await reader.release([first])
+        second = await asyncio.wait_for(reader.receive(), 10)
+    finally:
+        await reader.aclose()
+    assert (first.delivery_count, second.delivery_count) == (1, 2)
+
+
+async def test_entries_of_a_read_cut_short_by_a_shutdown_are_released_uncounted(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """The reply of a blocking read cancelled by a shutdown may carry entries the consumer never
+    saw: closing must give them back at once, with no delivery counted, not strand them until
+    the claim timeout (60 s here)."""
+    import abe_redis._delivery as delivery
+
+    real_dedicated = delivery.dedicated_client
+    cut = asyncio.Event()
+
+    def cutting(client: Any) -> Any:
+        reader = real_dedicated(client)
+        real_read = reader.xreadgroup
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            reply = await real_read(*args, **kwargs)
+            if reply and not cut.is_set():
+                cut.set()
+                raise asyncio.CancelledError  # the shutdown lands as the reply arrives
+            return reply
+
+        reader.xreadgroup = read
+        return reader
+
+    monkeypatch.setattr(delivery, "dedicated_client", cutting)
+    backend = queue_backend_factory(claim_idle_ms=60_000)
+    await backend.publish("cut", {"n": 1})
+    doomed = backend.consume(group="g")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(anext(doomed), 10)
+    await doomed.aclose()
+    monkeypatch.setattr(delivery, "dedicated_client", real_dedicated)
+    rescuer = backend.consume(group="g")
+    try:
+        [message] = await take(rescuer, 1, wait_s=5)
+    finally:
+        await rescuer.aclose()
+    assert message == {"n": 1}
+    assert message.delivery_count == 1
