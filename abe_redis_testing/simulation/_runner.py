@@ -228,6 +228,8 @@ class _Simulation:
         self.completed: dict[str, set[int]] = {f"g{g}": set() for g in range(spec.groups)}
         self.dead: dict[str, set[int]] = {f"g{g}": set() for g in range(spec.groups)}
         self.processes: dict[int, list[asyncio.Task[None]]] = {}
+        self.incarnation: dict[int, int] = {}
+        self.alive: set[int] = set()
         self.in_handler: set[asyncio.Task[None]] = set()
         self.backends: list[RedisStreamsBackend] = []
         self.stopping = False
@@ -287,6 +289,8 @@ class _Simulation:
         spec = self.spec
         group = f"g{index // spec.processes_per_group}"
         node = f"p{index}.{incarnation}"
+        self.incarnation[index] = incarnation
+        self.alive.add(index)
         backend = self.new_backend()
         slow = self.plan.slow_consumer == index
         self.processes[index] = [
@@ -363,8 +367,11 @@ class _Simulation:
         await asyncio.gather(*restarts)
 
     async def kill(self, index: int, after: float) -> None:
+        if index not in self.alive:
+            return  # already dead, waiting for its restart
+        self.alive.discard(index)
         tasks = self.processes.get(index, [])
-        incarnation = len([line for line in self.trace if f" start p{index}." in line]) - 1
+        incarnation = self.incarnation[index]
         self.network.kill(f"p{index}.{incarnation}")
         now = self.loop.time()
         # A crashed holder's messages are claimed by peers: that is recovery, not a double handling.
