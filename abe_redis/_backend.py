@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -59,6 +60,7 @@ class RedisStreamsBackend:
         self._owns_client = client is None
         self._registry = StreamRegistry(self._client, self._config)
         self._registered: dict[str, float] = {}
+        self._readers: weakref.WeakSet[GroupReader] = weakref.WeakSet()
         self._registry_warned = False
         self._closed = False
         self.metrics: MetricsHook = NULL_METRICS
@@ -278,6 +280,7 @@ class RedisStreamsBackend:
             registry=self._registry,
         )
         reader.metrics = self.metrics
+        self._readers.add(reader)
         return reader.messages()
 
     async def ack(self, message: ReceivedMessage) -> None:
@@ -296,6 +299,10 @@ class RedisStreamsBackend:
         if self._closed:
             return
         self._closed = True
+        for reader in list(self._readers):
+            # A consumer left open (a `break` out of the loop) still holds leases: release them
+            # now, so that its messages are claimable at once rather than after claim_idle_ms.
+            await reader.aclose()
         if self._publisher is not None:
             await self._publisher.aclose()  # sends what it accepted, gives its connection back
         if self._owns_client:

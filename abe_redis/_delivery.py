@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -42,7 +42,7 @@ from ._connection import (
     is_wrong_type,
     setup_error,
 )
-from ._errors import PoisonMessageError, RedisSetupError
+from ._errors import BackendClosedError, PoisonMessageError, RedisSetupError
 from ._lease import LeaseTable
 from ._membership import Membership
 from ._message import ReceivedMessage
@@ -150,6 +150,8 @@ class GroupReader:
     async def receive(self) -> ReceivedMessage:
         """The next message, handed to the caller. It stays leased — renewed in the background,
         never claimable by a peer — until :meth:`done`, :meth:`release` or :meth:`dead_letter`."""
+        if self._closed:
+            raise BackendClosedError("this consumer is closed (or its backend was)")
         self._iterating = asyncio.current_task()
         await self._flush_due_acks()
         while True:
@@ -158,8 +160,18 @@ class GroupReader:
                 continue
             message = self._buffer.popleft()
             leases, _ = self._parts()
-            if leases.stale(message.stream) and message.message_id in await leases.verify(message.stream):
-                continue  # a peer claimed it while this consumer stalled: it is theirs now
+            if leases.stale(message.stream):
+                try:
+                    lost = await leases.verify(message.stream)
+                except TRANSIENT_ERRORS as exc:
+                    # Ownership unknown: keep the message back and try again after a pause.
+                    self._buffer.appendleft(message)
+                    self._failures += 1
+                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
+                    await backoff_sleep(self._failures)
+                    continue
+                if message.message_id in lost:
+                    continue  # a peer claimed it while this consumer stalled: it is theirs now
             leases.hand(message.stream, message.message_id)
             emit(self.metrics, "delivered", stream=message.stream, group=self.group)
             return message
@@ -585,27 +597,56 @@ class GroupReader:
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        leases, acks, recovery = self._leases, self._acks, self._recovery
+        self._buffer.clear()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                if self._leases is not None and self._acks is not None:
-                    await self._acks.flush()  # the caller moved past these: they are handled
-                    self._buffer.clear()
-                    if self._orphan_check and self._recovery is not None:
+                # Each step is tried on its own, a few times: one connection reset must not leave
+                # the rest undone (handled messages unacknowledged, held ones unreleased).
+                if leases is not None and acks is not None:
+                    await self._closing_step("acknowledge", acks.flush)  # the caller is done with these
+                    if self._orphan_check and recovery is not None:
                         # A read cut short (a shutdown cancels the blocking wait) may have left
                         # entries in this consumer's name: take them, so they are released too.
-                        await self._recovery.own_pending(sorted(self._orphan_check), 10_000, counted=False)
-                    await self._leases.release()
+                        streams = sorted(self._orphan_check)
+                        await self._closing_step(
+                            "find", lambda: recovery.own_pending(streams, 10_000, counted=False)
+                        )
+                    await self._closing_step("release", leases.release)
                 if self._membership.name:
-                    await self._membership.leave([*self._streams.streams, self._registry.notifications_key])
-        except Exception as exc:  # closing must never raise out of a finally block
+                    streams = [*self._streams.streams, self._registry.notifications_key]
+                    await self._closing_step("leave", lambda: self._membership.leave(streams))
+        except TimeoutError:
             log.warning(
-                "consumer %s: could not release its messages on close (%s: %s); they become "
-                "claimable after claim_idle_ms=%d",
+                "consumer %s: closing took longer than %.0f s; what it still holds becomes claimable "
+                "after claim_idle_ms=%d",
                 self.consumer,
-                type(exc).__name__,
-                exc,
+                CLOSE_TIMEOUT_S,
                 self._config.claim_idle_ms,
             )
         finally:
             if self._taker is not None:
                 await close_client(self._taker)
+
+    async def _closing_step(self, what: str, step: Callable[[], Awaitable[Any]]) -> None:
+        for attempt in range(3):
+            try:
+                await step()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if attempt == 2 or setup_error(exc) is not None:
+                    error: BaseException = exc
+                    break
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except Exception as exc:  # closing must never raise out of a finally block
+                error = exc
+                break
+        log.warning(
+            "consumer %s: could not %s on close (%s: %s); what it holds becomes claimable after "
+            "claim_idle_ms=%d",
+            self.consumer,
+            what,
+            type(error).__name__,
+            error,
+            self._config.claim_idle_ms,
+        )

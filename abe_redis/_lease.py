@@ -180,10 +180,12 @@ class LeaseTable:
                     chosen.setdefault(stream, {})[entry_id] = lease
         async with self._client.pipeline(transaction=False) as pipe:
             for stream, held in chosen.items():
-                by_count: dict[int | None, list[str]] = {}
+                by_count: dict[int, list[str]] = {}
                 for entry_id, lease in held.items():
-                    # Handed entries keep their count; unhanded ones give back the take's +1.
-                    key = None if lease.handed else max(0, lease.count - 1)
+                    # The counter is set, never left as it is: a handed entry keeps exactly the
+                    # deliveries this consumer knows of (a retry whose reply was lost may have
+                    # raised it in Redis), an unhanded one gives back the take's +1.
+                    key = lease.count if lease.handed else max(0, lease.count - 1)
                     by_count.setdefault(key, []).append(entry_id)
                 for retry_count, ids in by_count.items():
                     pipe.xclaim(

@@ -243,6 +243,10 @@ class RedisConsumer:
             self._stopping = True
             return
         self._request_stop(grace_s=self.shutdown_grace_s)
+        if asyncio.current_task() in self._tasks:
+            # Called from a handler: the drain waits for this very handler, so waiting here would
+            # stall until the grace period ends. The stop is requested; the handler finishes.
+            return
         await asyncio.wait({self._pump})
 
     # -- internals -------------------------------------------------------------------------

@@ -594,3 +594,22 @@ async def test_a_second_sigterm_stops_at_once_and_releases_the_unfinished_messag
     await wait_until(lambda: asyncio.sleep(0, bool(handled)), "the released message")
     await rescuer.stop()
     assert handled == [(1, 2)]
+
+
+async def test_shutdown_awaited_inside_a_handler_returns_at_once_and_acknowledges_it(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The README's "until consumer.shutdown()": a handler that decides to stop must not stall
+    the drain that waits for it, and its own message is acknowledged."""
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    await backend.publish("stop", {"n": 1})
+    consumer = RedisConsumer(backend, group="g", shutdown_grace_s=30)
+
+    async def handler(message: ReceivedMessage) -> None:
+        await consumer.shutdown()
+
+    started = time.monotonic()
+    await asyncio.wait_for(consumer.run(handler), 10)
+    assert time.monotonic() - started < 5
+    assert await pending(client, "stop", "g") == 0

@@ -121,3 +121,24 @@ async def test_lease_refresh_is_one_command_per_stream_not_per_message(
     assert [c[0] for c in sent] == ["XCLAIM", "XCLAIM"]
     assert sorted(len(c) for c in sent) == [100 + 6, 100 + 6]  # XCLAIM s g c 0 <100 ids> JUSTID
     assert await client.xpending("a", "g") is not None
+
+
+async def test_closing_the_backend_releases_what_an_open_consumer_holds(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The README pattern: `async with backend: async for m in backend.consume(): ... break`.
+    The generator is still open when the backend closes; its message must not wait out the
+    claim timeout (60 s here)."""
+    await queue_backend_factory().publish("open", {"n": 1})
+    backend = queue_backend_factory(claim_idle_ms=60_000)
+    async with backend:
+        async for message in backend.consume(group="g"):
+            assert message == {"n": 1}
+            break
+    rescuer = queue_backend_factory(claim_idle_ms=60_000).consume(group="g")
+    try:
+        [again] = await take(rescuer, 1, wait_s=5)
+    finally:
+        await rescuer.aclose()
+    assert again == {"n": 1}
+    assert again.delivery_count == 2
