@@ -180,6 +180,9 @@ class Bench:
     def backend(self, **overrides: Any) -> RedisStreamsBackend:
         """Our backend, with its own registry so that it discovers only this workload's streams."""
         settings: dict[str, Any] = {
+            # Every key the backend keeps for itself (consumer records, notifications) lives
+            # under the run's prefix too, so cleanup() leaves nothing behind.
+            "key_prefix": f"{self.prefix}:backend:",
             "registry_key": self.key("registry"),
             "consumer_group": self.key("group"),
             "discovery_interval_ms": 100,
@@ -698,7 +701,12 @@ async def _rss_worker(url: str, impl: str, n: int, key: str) -> dict[str, float]
         await raw.aclose()
     else:
         async with RedisStreamsBackend.from_url(
-            url, registry_key=f"{key}:registry", consumer_group="g", discovery_interval_ms=100, block_ms=100
+            url,
+            key_prefix=f"{key}:backend:",
+            registry_key=f"{key}:registry",
+            consumer_group="g",
+            discovery_interval_ms=100,
+            block_ms=100,
         ) as backend:
             stream = backend.consume()
             await backend.publish(key, PAYLOAD)
@@ -724,7 +732,8 @@ async def _rss_worker(url: str, impl: str, n: int, key: str) -> dict[str, float]
                 if not rss_tenth and consumed >= tenth:
                     rss_tenth = _rss_bytes()[0]
             await stream.aclose()
-            await backend.client.delete(key, f"{key}:registry")
+            owned = [k async for k in backend.client.scan_iter(match=f"{key}:backend:*", count=1000)]
+            await backend.client.delete(key, f"{key}:registry", *owned)
     rss_end, peak = _rss_bytes()
     return {
         "seconds": time.perf_counter() - started,
@@ -890,7 +899,7 @@ def _ratio_cell(row: dict[str, Any], ratio: float | None) -> str:
 
 
 def render_targets(data: dict[str, Any]) -> Table:
-    table = Table(title="issue 9 targets")
+    table = Table(title="targets")
     for column in ("workload", "target", "measured", "met"):
         table.add_column(column)
     for workload, target in data["targets"].items():

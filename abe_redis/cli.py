@@ -274,7 +274,7 @@ def _run_simulate(args: argparse.Namespace, console: Console) -> int:
     try:
         from abe_redis_testing.simulation import _cli as simulation_cli
     except ImportError as exc:  # the test extras are not installed
-        raise CliError(f"simulate needs the test extras (pip install 'abe-redis[test]'): {exc}") from None
+        raise CliError(f"simulate needs the test extras (pip install 'abe-redis[testing]'): {exc}") from None
     return simulation_cli.run(args, console)
 
 
