@@ -113,12 +113,7 @@ class RedisStreamsBackend:
         """
         self._check_open()
         config = self._config
-        stream = check_key(
-            key,
-            reserved_suffix=config.dead_letter_suffix,
-            registry_key=str(config.registry_key),
-            key_prefix=config.key_prefix,
-        )
+        stream = self._stream_for(key)
         fields: dict[Any, Any] = {PAYLOAD_FIELD: encode_payload(payload)}
         now = time.monotonic()
         registered = self._registered.get(stream)
@@ -148,12 +143,7 @@ class RedisStreamsBackend:
         one (its index named in the error) means nothing is written."""
         self._check_open()
         config = self._config
-        stream = check_key(
-            key,
-            reserved_suffix=config.dead_letter_suffix,
-            registry_key=str(config.registry_key),
-            key_prefix=config.key_prefix,
-        )
+        stream = self._stream_for(key)
         batch: list[dict[Any, Any]] = []
         for index, payload in enumerate(payloads):
             try:
@@ -180,6 +170,16 @@ class RedisStreamsBackend:
         for _ in batch:
             await self._published(stream)
         return ids
+
+    def _stream_for(self, key: object) -> str:
+        """``key`` checked as a stream to publish to (``InvalidKeyError`` naming what is wrong)."""
+        config = self._config
+        return check_key(
+            key,
+            reserved_suffix=config.dead_letter_suffix,
+            registry_key=str(config.registry_key),
+            key_prefix=config.key_prefix,
+        )
 
     async def _xadd(self, stream: str, batch: list[dict[Any, Any]], *, nomkstream: bool) -> list[str]:
         """Entry ids of ``batch`` appended to ``stream``; empty when NOMKSTREAM found no stream."""
