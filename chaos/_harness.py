@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from abe_redis import RedisStreamsBackend
+from abe_redis import InMemoryMetrics, RedisStreamsBackend
 from abe_redis_testing.faults import FaultProxy, proxy_to
 from abe_redis_testing.servers import (
     BinaryKind,
@@ -309,6 +309,8 @@ class Workload:
         self._complete = asyncio.Event()
         self._stop_producer = asyncio.Event()
         self._backends: list[RedisStreamsBackend] = []
+        self.metrics = InMemoryMetrics()
+        """Every in-process backend of the run reports here (claims, dead letters, acks …)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._next_msg = itertools.count(1)
         self._published_at: list[float] = []
@@ -324,6 +326,7 @@ class Workload:
         kwargs.update(streams=(self.stream,), registry_key=self.registry_key, consumer_group=self.group)
         kwargs.update(overrides)
         backend = RedisStreamsBackend.from_url(url or self.url, **kwargs)
+        backend.metrics = self.metrics
         self._backends.append(backend)
         return backend
 
@@ -559,13 +562,10 @@ class Workload:
     def _add_notes(self) -> None:
         r, t = self.result, self.result.tally
         assert t is not None
-        # The backend reports claims only in its log ("claiming N idle entries of ..."); until it
-        # offers a counter, that line is read here.
-        claims = [text for _, _, text in self._logs.records if text.startswith("claiming ")]
-        if claims:
-            claimed = sum(int(text.split()[1]) for text in claims if text.split()[1].isdigit())
+        claimed = int(self.metrics.total("reclaimed"))
+        if claimed:
             r.extra["claimed_entries"] = claimed
-            r.notes.append(f"{claimed} entries came back only through XAUTOCLAIM (after claim_idle_ms)")
+            r.notes.append(f"{claimed} entries were taken over from a consumer that was gone or stalled")
         if t.duplicate_entries:
             r.notes.append(
                 f"{t.duplicate_entries} message(s) were written twice: "
