@@ -351,23 +351,31 @@ class GroupReader:
         recovery = self._recovery
         assert recovery is not None
         taken: list[Taken] = []
-        if self._parked:
-            await self._retry_parked()
-        if not self._resumed:
-            taken = await recovery.own_pending(streams, room, counted=True)
-            self._resumed = True
-            self._orphan_check.clear()
-        elif self._orphan_check:
-            checked = sorted(self._orphan_check & set(streams))
-            self._orphan_check.clear()
-            taken = await recovery.own_pending(checked, room, counted=False)
-        if not taken and (now >= self._next_sweep or recovery.more):
-            self._next_sweep = now + self._config.effective_claim_interval_ms / 1000
-            taken = await recovery.sweep(streams, room)
-            for entry in taken:
-                emit(self.metrics, "reclaimed", stream=entry.stream, group=self.group)
-        if taken:
-            await self._intake(taken)
+        swept = False
+        try:
+            if self._parked:
+                await self._retry_parked()
+            if not self._resumed:
+                taken = await recovery.own_pending(streams, room, counted=True)
+                self._resumed = True
+                self._orphan_check.clear()
+            elif self._orphan_check:
+                checked = sorted(self._orphan_check & set(streams))
+                self._orphan_check.clear()
+                taken = await recovery.own_pending(checked, room, counted=False)
+            if not taken and (now >= self._next_sweep or recovery.more):
+                self._next_sweep = now + self._config.effective_claim_interval_ms / 1000
+                swept = True
+                taken = await recovery.sweep(streams, room)
+        finally:
+            # Everything recovery leased is buffered, even when a later step of it failed:
+            # a leased entry that is not buffered would be held, renewed and never handled.
+            taken = recovery.collect()
+            if swept:
+                for entry in taken:
+                    emit(self.metrics, "reclaimed", stream=entry.stream, group=self.group)
+            if taken:
+                await self._intake(taken)
         return bool(taken)
 
     async def _read(self, streams: list[str], room: int) -> None:
@@ -395,7 +403,6 @@ class GroupReader:
         notes = [e for e in entries if e[0] == notifications]
         if notes:
             entries = [e for e in entries if e[0] != notifications]
-            await self._client.xack(notifications, self.group, *(entry_id for _, entry_id, _ in notes))
             self._streams.force()
         self._planner.observe(plan, entries)
         if (
@@ -415,12 +422,17 @@ class GroupReader:
             for stream, taken_ids in by_stream.items():
                 leases.take(stream, taken_ids, at=sent)
             await self._intake([Taken(s, i, f, 1) for s, i, f in entries])
+        if notes:
+            # Last: what was read is leased and buffered first, whatever this answers.
+            await self._guarded(self._client.xack(notifications, self.group, *(i for _, i, _ in notes)))
 
     async def _intake(self, taken: list[Taken]) -> None:
         """Buffer what can be handed out; dead-letter poison and entries past max_deliveries."""
         limit = self._config.max_deliveries
-        for stream in {t.stream for t in taken}:
-            await self._membership.holds_on(stream)
+        for stream in sorted({t.stream for t in taken}):
+            # The record only speeds up recovery after a crash (the rotating sweep is the net);
+            # failing to write it must not drop entries that are already leased.
+            await self._guarded(self._membership.holds_on(stream))
         for entry in taken:
             reason: str | None = None
             payload: dict[str, Any] = {}
@@ -492,8 +504,9 @@ class GroupReader:
         # pending list so it is not retried forever.
         leases, _ = self._parts()
         log.warning("pending entry %s of %s no longer exists; acknowledging", entry.entry_id, entry.stream)
-        await self._client.xack(entry.stream, self.group, entry.entry_id)
         leases.drop(entry.stream, (entry.entry_id,))
+        # If this fails the entry stays in the pending list, where a later sweep finds it again.
+        await self._guarded(self._client.xack(entry.stream, self.group, entry.entry_id))
 
     # -- errors --------------------------------------------------------------------------
 

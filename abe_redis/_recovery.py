@@ -66,6 +66,12 @@ class Recovery:
         self._rotation = 0
         self.more = False
         """True when the last sweep left claimable entries behind (no room): sweep again soon."""
+        self._collected: list[Taken] = []
+
+    def collect(self) -> list[Taken]:
+        """Every entry taken (and leased) since the last call, whatever failed after it."""
+        collected, self._collected = self._collected, []
+        return collected
 
     @property
     def consumer(self) -> str:
@@ -135,6 +141,7 @@ class Recovery:
         data = {_text(r[0][0]): r[0][1] for r in replies if r}
         orphans = [Taken(stream, i, data.get(i), max(1, counts[i])) for i in claimed_ids]
         self._leases.take(stream, [(t.entry_id, t.count) for t in orphans], at=sent)
+        self._collected += orphans
         return taken + orphans
 
     async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> list[Taken]:
@@ -145,6 +152,7 @@ class Recovery:
         claimed = await self._taker.xclaim(stream, self._group, self.consumer, min_idle, list(counts))
         taken = [Taken(stream, _text(i), f, counts.get(_text(i), 0) + 1) for i, f in claimed if i is not None]
         self._leases.take(stream, [(t.entry_id, t.count) for t in taken], at=sent)
+        self._collected += taken
         return taken
 
     # -- the sweep -----------------------------------------------------------------------
