@@ -170,6 +170,12 @@ class StreamSet:
         self._version = version
         self._next_full = now + FULL_REFRESH_S
         listed, retired = await self._registry.listed()
+        missing = sorted(self._known - listed - retired)
+        if missing:
+            # Known here, registered once, never retired, yet gone from the registry: it was
+            # lost (FLUSHALL, a restart without persistence) after its streams were written.
+            # Put them back, so that consumers starting now find them too.
+            await self._registry.repair(missing)
         if self._bad and version is not None:
             self._bad.clear()  # the registry changed: a bad key may have been fixed; look again
         candidates = sorted(
