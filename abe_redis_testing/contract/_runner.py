@@ -313,6 +313,9 @@ def _pytest_command(root: Path, module: Path, timeout: float | None, pytest_args
 
 def _child_environment(env: Mapping[str, str], unset_env: Collection[str]) -> dict[str, str]:
     child_env = {name: value for name, value in os.environ.items() if name not in unset_env}
+    # The caller's own pytest options (a CI's --abe-redis-strict, say) belong to its session:
+    # the contract run has its own command line, and may not even load the same plugins.
+    child_env.pop("PYTEST_ADDOPTS", None)
     child_env.update(env)
     # Whatever imports here imports there, including backends defined next to the caller.
     paths = [entry for entry in sys.path if entry and Path(entry).is_dir()]
