@@ -141,9 +141,11 @@ class LeaseTable:
             if isinstance(reply, Exception):
                 continue  # unknown: keep it and look again next time
             owner = reply[0]["consumer"] if reply else None
-            if owner is None or _text(owner) == self.consumer:
+            if owner is not None and _text(owner) == self.consumer:
                 mine.append(entry_id)
             else:
+                # Another consumer's now, or no longer pending at all: a peer took it over and
+                # has already acknowledged it. Either way it is not this consumer's to hand out.
                 lost.append(entry_id)
         if mine:
             await self._client.xclaim(stream, self._group, self.consumer, 0, mine, justid=True)
@@ -170,13 +172,16 @@ class LeaseTable:
     async def release(self, entries: Iterable[tuple[str, str]] | None = None) -> None:
         """Make held entries (default: all) claimable at once, counting no delivery for the
         ones never handed out."""
-        if entries is None:
-            chosen = self._held
-        else:
-            chosen = {}
-            for stream, entry_id in entries:
-                lease = self._held.get(stream, {}).get(entry_id)
-                if lease is not None:
+        wanted = None if entries is None else set(entries)
+        for stream in self.streams():
+            if self.stale(stream) and (wanted is None or any(s == stream for s, _ in wanted)):
+                # A peer may have claimed some meanwhile: XCLAIM would steal them back and set
+                # their count lower. Verifying drops those from the table first.
+                await self.verify(stream)
+        chosen: dict[str, dict[str, Lease]] = {}
+        for stream, held in self._held.items():
+            for entry_id, lease in held.items():
+                if wanted is None or (stream, entry_id) in wanted:
                     chosen.setdefault(stream, {})[entry_id] = lease
         async with self._client.pipeline(transaction=False) as pipe:
             for stream, held in chosen.items():
