@@ -187,9 +187,7 @@ class GroupReader:
         """Undo :meth:`receive` for a message no handler has seen: it is the next one returned,
         and releasing it meanwhile counts no delivery."""
         leases, _ = self._parts()
-        lease = leases._held.get(message.stream, {}).get(message.message_id)
-        if lease is not None:
-            lease.handed = False
+        leases.unhand(message.stream, message.message_id)
         self._buffer.appendleft(message)
 
     async def hand_again(self, message: ReceivedMessage) -> None:

@@ -75,6 +75,12 @@ class LeaseTable:
         if lease is not None:
             lease.handed = True
 
+    def unhand(self, stream: str, entry_id: str) -> None:
+        """Take back :meth:`hand` for an entry no handler saw."""
+        lease = self._held.get(stream, {}).get(entry_id)
+        if lease is not None:
+            lease.handed = False
+
     def drop(self, stream: str, entry_ids: Iterable[str]) -> None:
         held = self._held.get(stream)
         if held is None:
