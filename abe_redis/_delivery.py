@@ -123,6 +123,7 @@ class GroupReader:
         self._background_error: BaseException | None = None
         self._iterating: asyncio.Task[Any] | None = None
         self._closed = False
+        self._name_lost = False
         self._resumed = False
         self._orphan_check: set[str] = set()
         self._next_sweep = 0.0
@@ -154,6 +155,8 @@ class GroupReader:
             raise BackendClosedError("this consumer is closed (or its backend was)")
         self._iterating = asyncio.current_task()
         await self._flush_due_acks()
+        if self._name_lost:
+            await self._rejoin()
         while True:
             if not self._buffer:
                 await self._fill()
@@ -170,11 +173,32 @@ class GroupReader:
                     self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
                     await backoff_sleep(self._failures)
                     continue
-                if message.message_id in lost:
-                    continue  # a peer claimed it while this consumer stalled: it is theirs now
+                if lost:
+                    # Peers took these over while this consumer stalled: they are theirs now,
+                    # the buffered ones included, not only the one at hand.
+                    gone = set(lost)
+                    self._buffer = deque(
+                        m for m in self._buffer if m.stream != message.stream or m.message_id not in gone
+                    )
+                    if message.message_id in gone:
+                        continue
             leases.hand(message.stream, message.message_id)
             emit(self.metrics, "delivered", stream=message.stream, group=self.group)
             return message
+
+    async def _rejoin(self) -> None:
+        """Step aside after another consumer took this one's name: what this consumer held now
+        sits in the other's pending list (the other resumes it), so drop it here without a
+        release, acknowledge what was handled (acks are per group), and take a new name."""
+        leases, acks = self._parts()
+        self._name_lost = False
+        await self._guarded(acks.flush())
+        self._buffer.clear()
+        self._parked.clear()
+        leases.clear()
+        self._membership = self._membership.fresh()
+        leases.consumer = await self._membership.join()
+        self._resumed = not self._membership.configured
 
     def done(self, message: ReceivedMessage) -> None:
         """``message`` was handled: acknowledge it with the next batch (within ``ACK_FLUSH_S``)."""
@@ -579,7 +603,8 @@ class GroupReader:
                     lost = set(await leases.refresh())
                     if lost:
                         self._buffer = deque(m for m in self._buffer if (m.stream, m.message_id) not in lost)
-                    await self._membership.heartbeat()
+                    if not await self._membership.heartbeat():
+                        self._name_lost = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a background task has no caller; the loop gets fatal ones

@@ -84,23 +84,34 @@ class Membership:
         deadline = int(time.time() * 1000) + self.ttl_ms
         await self._client.zadd(self._keys.consumers(self._group), {self.name: deadline})
 
-    async def heartbeat(self) -> None:
-        """Renew the name's lock and the alive-until mark."""
+    async def heartbeat(self) -> bool:
+        """Renew the name's lock and the alive-until mark. False when the name has passed to
+        another consumer (this one was cut off for longer than the lock's TTL): it must step
+        aside, and never overwrite the other's lock."""
         lock = self._keys.consumer_lock(self._group, self.name)
-        deadline = int(time.time() * 1000) + self.ttl_ms
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(lock, self._token, px=self.ttl_ms, get=True)
-            pipe.zadd(self._keys.consumers(self._group), {self.name: deadline})
-            previous, _ = await pipe.execute()
-        previous_text = _text(previous)
-        if previous_text is not None and previous_text != self._token:
+            pipe.set(lock, self._token, px=self.ttl_ms, nx=True)  # expired meanwhile: take it back
+            pipe.get(lock)
+            _, holder = await pipe.execute()
+        if _text(holder) != self._token:
             log.error(
-                "consumer %r in group %r: its name lock had passed to another consumer (this one "
-                "stalled for longer than %d ms); messages it held may be handled twice",
+                "consumer %r in group %r: its name passed to another consumer while this one was "
+                "cut off for longer than %d ms; it continues under a new name",
                 self.name,
                 self._group,
                 self.ttl_ms,
             )
+            return False
+        deadline = int(time.time() * 1000) + self.ttl_ms
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.pexpire(lock, self.ttl_ms)
+            pipe.zadd(self._keys.consumers(self._group), {self.name: deadline})
+            await pipe.execute()
+        return True
+
+    def fresh(self) -> Membership:
+        """A new membership in the same group, for a consumer whose name was taken over."""
+        return Membership(self._client, self._config, group=self._group)
 
     async def holds_on(self, stream: str) -> None:
         """Record that this consumer may have pending entries on ``stream`` (once per stream)."""
