@@ -142,7 +142,6 @@ class LeaseTable:
                 pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute(raise_on_error=False)
         mine: list[str] = []
-        idle: list[int] = []
         lost: list[str] = []
         for entry_id, reply in zip(ids, replies, strict=True):
             if isinstance(reply, Exception):
@@ -150,19 +149,12 @@ class LeaseTable:
             owner = reply[0]["consumer"] if reply else None
             if owner is not None and _text(owner) == self.consumer:
                 mine.append(entry_id)
-                idle.append(int(reply[0]["time_since_delivered"]))
             else:
                 # Another consumer's now, or no longer pending at all: a peer took it over and
                 # has already acknowledged it. Either way it is not this consumer's to hand out.
                 lost.append(entry_id)
         if mine:
-            # Guarded by the idle time just seen: a peer that claims one between the XPENDING
-            # and this XCLAIM restarted its idle clock, so it is skipped rather than stolen back.
-            kept = await self._client.xclaim(
-                stream, self._group, self.consumer, min(idle) // 2, mine, justid=True
-            )
-            kept_ids = {_text(i) for i in kept}
-            lost += [entry_id for entry_id in mine if entry_id not in kept_ids]
+            await self._client.xclaim(stream, self._group, self.consumer, 0, mine, justid=True)
         self.drop(stream, lost)
         if stream in self._refreshed_at:
             self._refreshed_at[stream] = sent
