@@ -136,27 +136,42 @@ def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     tail.set_defaults(run=_cli_tail.run)
 
 
-def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _with_actions(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+    run: Callable[[argparse.Namespace, Console], int],
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """A subcommand whose actions are sub-subcommands (``dlq list``, ``streams retire``); returns
+    the function that adds one action."""
     # --url is accepted before and after the action (``dlq --url U list K`` and ``dlq list --url U K``);
     # SUPPRESS keeps one position from overwriting the other with its default.
     url = argparse.ArgumentParser(add_help=False)
     url.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
-    dlq = commands.add_parser(
-        "dlq",
-        parents=[url],
-        help="list, replay or purge dead letters",
-        description=_doc(_cli_dlq.__doc__),
-        formatter_class=_HelpFormatter,
+    command = commands.add_parser(
+        name, parents=[url], help=summary, description=_doc(description), formatter_class=_HelpFormatter
     )
-    actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, summary: str) -> argparse.ArgumentParser:
+    def action(action_name: str, action_summary: str) -> argparse.ArgumentParser:
         parser = actions.add_parser(
-            name, parents=[url], help=summary, description=summary, formatter_class=_HelpFormatter
+            action_name,
+            parents=[url],
+            help=action_summary,
+            description=action_summary,
+            formatter_class=_HelpFormatter,
         )
-        parser.set_defaults(run=_cli_dlq.run)
+        parser.set_defaults(run=run)
         return parser
 
+    return action
+
+
+def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    action = _with_actions(
+        commands, "dlq", "list, replay or purge dead letters", _cli_dlq.__doc__ or "", _cli_dlq.run
+    )
     action("keys", "source keys that have dead letters, with their counts (tab-separated)")
     counting = action("count", "how many dead letters KEY has (one number on stdout)")
     counting.add_argument("key", metavar="KEY", help="the source key (stream)")
@@ -192,27 +207,19 @@ def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _add_streams(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    url = argparse.ArgumentParser(add_help=False)
-    url.add_argument("--url", default=argparse.SUPPRESS, help=URL_HELP)
-    streams = commands.add_parser(
+    action = _with_actions(
+        commands,
         "streams",
-        parents=[url],
-        help="list, retire or unretire the streams consumers read",
-        description=_doc(_cli_streams.__doc__),
-        formatter_class=_HelpFormatter,
+        "list, retire or unretire the streams consumers read",
+        _cli_streams.__doc__ or "",
+        _cli_streams.run,
     )
-    actions = streams.add_subparsers(dest="action", required=True, metavar="ACTION")
+    action("list", "registered and retired streams")
     for name, summary in (
-        ("list", "registered and retired streams"),
         ("retire", "stop every consumer reading KEY (its entries stay); running consumers follow"),
         ("unretire", "let consumers read KEY again"),
     ):
-        parser = actions.add_parser(
-            name, parents=[url], help=summary, description=summary, formatter_class=_HelpFormatter
-        )
-        parser.set_defaults(run=_cli_streams.run)
-        if name != "list":
-            parser.add_argument("key", metavar="KEY", help="the stream")
+        action(name, summary).add_argument("key", metavar="KEY", help="the stream")
 
 
 def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
