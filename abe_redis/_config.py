@@ -328,6 +328,14 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+def _optional_str(value: object) -> str | None:
+    return None if value is None or isinstance(value, str) else "must be a string (or unset)"
+
+
+def _boolean(value: object) -> str | None:
+    return None if isinstance(value, bool) else "expected true or false"
+
+
 def _optional_bool(value: object) -> str | None:
     return None if value is None or isinstance(value, bool) else "expected true or false"
 
@@ -384,16 +392,9 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("url", "REDIS_URL", _str, _url),
-    Setting("password", "REDIS_PASSWORD", _str, lambda v: None if v is None or isinstance(v, str) else "str"),
-    Setting(
-        "sentinel_password",
-        "REDIS_SENTINEL_PASSWORD",
-        _str,
-        lambda v: None if v is None or isinstance(v, str) else "str",
-    ),
-    Setting(
-        "cluster", "REDIS_CLUSTER", _bool, lambda v: None if isinstance(v, bool) else "expected true or false"
-    ),
+    Setting("password", "REDIS_PASSWORD", _str, _optional_str),
+    Setting("sentinel_password", "REDIS_SENTINEL_PASSWORD", _str, _optional_str),
+    Setting("cluster", "REDIS_CLUSTER", _bool, _boolean),
     Setting("ssl", "REDIS_SSL", _bool, _optional_bool),
     Setting("ssl_ca_certs", "REDIS_SSL_CA_CERTS", _str, _optional_non_empty),
     Setting("ssl_cert_reqs", "REDIS_SSL_CERT_REQS", _str, _one_of(*get_args(CertRequirement))),
