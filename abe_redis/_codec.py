@@ -102,6 +102,11 @@ def _short(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def to_str(value: bytes | str) -> str:
+    """A key, id or name from a reply as text (bytes that are not UTF-8 survive the round trip)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
 def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")

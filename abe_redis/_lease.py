@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ._codec import to_str
+
 _RELEASED_LIMIT = 10_000
 
 
@@ -147,7 +149,7 @@ class LeaseTable:
             if isinstance(reply, Exception):
                 continue  # unknown: keep it and look again next time
             owner = reply[0]["consumer"] if reply else None
-            if owner is not None and _text(owner) == self.consumer:
+            if owner is not None and to_str(owner) == self.consumer:
                 mine.append(entry_id)
             else:
                 # Another consumer's now, or no longer pending at all: a peer took it over and
@@ -219,7 +221,3 @@ class LeaseTable:
                 self.drop(stream, list(held))
             while len(self.released) > _RELEASED_LIMIT:  # most are long acknowledged by peers
                 del self.released[next(iter(self.released))]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import Any
 
+from ._codec import to_str
 from ._config import RedisConfig
 
 log = logging.getLogger("abe_redis")
@@ -29,9 +30,7 @@ _MAX_CANDIDATES = 10_000
 
 
 def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+    return None if value is None else to_str(value)
 
 
 class Membership:

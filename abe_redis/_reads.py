@@ -19,12 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ._codec import to_str
+
 Entry = tuple[str, str, dict[Any, Any] | None]
 """(stream, entry id, fields) — fields is None for an entry deleted while pending."""
-
-
-def to_str(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def stream_entries(response: Any) -> list[Entry]:

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ._codec import to_str
 from ._config import RedisConfig
 from ._lease import LeaseTable
 
@@ -39,10 +40,6 @@ class Taken:
     entry_id: str
     fields: dict[Any, Any] | None
     count: int
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 class Recovery:
@@ -96,7 +93,7 @@ class Recovery:
             for stream, reply in zip(chunk, replies, strict=True):
                 if isinstance(reply, Exception) or not reply:
                     continue
-                mine = [p for p in reply if not self._leases.holds(stream, _text(p["message_id"]))]
+                mine = [p for p in reply if not self._leases.holds(stream, to_str(p["message_id"]))]
                 if mine:
                     found.append((stream, mine))
         taken: list[Taken] = []
@@ -117,28 +114,28 @@ class Recovery:
     async def _take_back(self, stream: str, pending: list[dict[str, Any]]) -> list[Taken]:
         """Entries of this consumer's own pending list that it does not hold."""
         released = self._leases.released
-        again = [p for p in pending if (stream, _text(p["message_id"])) in released]
+        again = [p for p in pending if (stream, to_str(p["message_id"])) in released]
         taken: list[Taken] = []
         if again:
             # Handed out before and given back by this consumer: taking one again is a delivery.
-            again_ids = {_text(p["message_id"]) for p in again}
+            again_ids = {to_str(p["message_id"]) for p in again}
             for entry_id in again_ids:
                 released.pop((stream, entry_id), None)
-            pending = [p for p in pending if _text(p["message_id"]) not in again_ids]
+            pending = [p for p in pending if to_str(p["message_id"]) not in again_ids]
             taken = await self._claim(stream, again, self._config.claim_idle_ms // 2)
             if not pending:
                 return taken
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        counts = {to_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
         ids = list(counts)
         sent = time.monotonic()
         # JUSTID: restart the idle clock, leave the counter as the lost read set it.
         claimed = await self._taker.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
-        claimed_ids = [_text(i) for i in claimed]
+        claimed_ids = [to_str(i) for i in claimed]
         async with self._client.pipeline(transaction=False) as pipe:
             for entry_id in claimed_ids:
                 pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
             replies = await pipe.execute()
-        data = {_text(r[0][0]): r[0][1] for r in replies if r}
+        data = {to_str(r[0][0]): r[0][1] for r in replies if r}
         orphans = [Taken(stream, i, data.get(i), max(1, counts[i])) for i in claimed_ids]
         self._leases.take(stream, [(t.entry_id, t.count) for t in orphans], at=sent)
         self._collected += orphans
@@ -147,10 +144,12 @@ class Recovery:
     async def _claim(self, stream: str, pending: list[dict[str, Any]], min_idle: int) -> list[Taken]:
         """Claim (counting a delivery) entries seen in ``XPENDING``; the count is the one seen
         plus one, valid because ``min_idle`` excludes any entry someone touched since."""
-        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        counts = {to_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
         sent = time.monotonic()
         claimed = await self._taker.xclaim(stream, self._group, self.consumer, min_idle, list(counts))
-        taken = [Taken(stream, _text(i), f, counts.get(_text(i), 0) + 1) for i, f in claimed if i is not None]
+        taken = [
+            Taken(stream, to_str(i), f, counts.get(to_str(i), 0) + 1) for i, f in claimed if i is not None
+        ]
         self._leases.take(stream, [(t.entry_id, t.count) for t in taken], at=sent)
         self._collected += taken
         return taken
@@ -174,11 +173,11 @@ class Recovery:
         )
         taken: list[Taken] = []
         for raw_name, score in gone:
-            name = _text(raw_name)
+            name = to_str(raw_name)
             if name == self.consumer:
                 continue
             holdings = self._keys.holdings(self._group, name)
-            streams = sorted(_text(s) for s in await self._client.smembers(holdings))
+            streams = sorted(to_str(s) for s in await self._client.smembers(holdings))
             left = False
             for stream in streams:
                 if stream not in readable:
@@ -244,9 +243,9 @@ class Recovery:
                 break
             reply = reply[: room - len(taken)]
             # Our own idle entries that we do not hold are orphans of a lost reply: no new count.
-            orphans = [p for p in reply if _text(p["consumer"]) == self.consumer]
-            orphans = [p for p in orphans if not self._leases.holds(stream, _text(p["message_id"]))]
-            others = [p for p in reply if _text(p["consumer"]) != self.consumer]
+            orphans = [p for p in reply if to_str(p["consumer"]) == self.consumer]
+            orphans = [p for p in orphans if not self._leases.holds(stream, to_str(p["message_id"]))]
+            others = [p for p in reply if to_str(p["consumer"]) != self.consumer]
             if orphans:
                 taken += await self._take_back(stream, orphans)
             if others:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ._codec import to_str
 from ._config import RedisConfig
 
 log = logging.getLogger("abe_redis")
@@ -28,10 +29,6 @@ log = logging.getLogger("abe_redis")
 FULL_REFRESH_S = 60.0
 """Re-read the whole registry at least this often, even when the version did not change."""
 NOTIFICATIONS_MAXLEN = 1000
-
-
-def to_str(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 class StreamRegistry:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ResponseError, WatchError
 
-from ._codec import PAYLOAD_FIELD
+from ._codec import PAYLOAD_FIELD, to_str
 from ._config import RedisConfig
 from ._errors import InvalidKeyError
 from ._scrub import scrub_pipeline_error
@@ -43,10 +43,6 @@ log = logging.getLogger("abe_redis")
 
 FIELD_PREFIX = b"field:"
 _PAGE = 500
-
-
-def to_str(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _as_bytes(value: Any) -> bytes:
