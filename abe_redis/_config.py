@@ -27,7 +27,9 @@ _SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "red
 TopologyKind = Literal["standalone", "cluster", "sentinel"]
 _STREAM_ID = re.compile(r"^(\$|0|\d+(-\d+)?)$")
 
-DEFAULT_URL = "redis://localhost:6379/0"
+UNSET_URL = ""
+"""No server named. A backend then refuses to connect rather than guess localhost:6379: a
+server nobody named may belong to someone else."""
 DEFAULT_KEY_PREFIX = "abe-redis:"
 
 
@@ -40,7 +42,7 @@ class RedisConfig:
     """
 
     # Connection
-    url: str = field(default=DEFAULT_URL, repr=False)
+    url: str = field(default=UNSET_URL, repr=False)
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
     cluster: bool = False
@@ -353,8 +355,10 @@ def _start_id(value: object) -> str | None:
 
 
 def _url(value: object) -> str | None:
-    if not isinstance(value, str) or not value:
-        return "must be a non-empty string"
+    if value == UNSET_URL:
+        return None  # checked when a connection is built (an injected client needs no URL)
+    if not isinstance(value, str):
+        return "must be a string"
     scheme = value.partition("://")[0].lower()
     if "+" in scheme and scheme in _SCHEMES:  # cluster and sentinel URLs: several hosts, a master
         try:

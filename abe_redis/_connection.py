@@ -31,8 +31,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._config import RedisConfig
-from ._errors import RedisSetupError
+from ._config import UNSET_URL, RedisConfig
+from ._errors import ConfigurationError, RedisSetupError
 from ._redact import redact_text
 from ._topology import build_topology_client, parse_topology
 
@@ -102,6 +102,13 @@ def _pool_kwargs(config: RedisConfig) -> tuple[str, dict[str, Any]]:
 def build_client(config: RedisConfig) -> Redis:
     """The backend's shared client: a blocking pool of ``max_connections`` (for Sentinel, a pool
     that asks the sentinels for the current master on every new connection)."""
+    if config.url == UNSET_URL:
+        raise ConfigurationError(
+            "REDIS_URL (url)",
+            UNSET_URL,
+            "not set: name the Redis server (REDIS_URL, url=... or from_url()); abe-redis never "
+            "falls back to localhost:6379",
+        )
     if config.topology != "standalone":
         return _topology_client(config)
     url, kwargs = _pool_kwargs(config)

@@ -191,3 +191,11 @@ async def test_publish_after_aclose_is_refused() -> None:
         await backend.publish("k", {"n": 1})
     with pytest.raises(BackendClosedError):
         backend.consume()
+
+
+def test_no_url_is_refused_rather_than_guessing_localhost() -> None:
+    """A server nobody named may belong to someone else: without REDIS_URL there is no backend."""
+    with pytest.raises(ConfigurationError, match=r"REDIS_URL.*not set.*never falls back to localhost"):
+        RedisStreamsBackend.from_env({})
+    with pytest.raises(ConfigurationError, match="REDIS_URL"):
+        RedisStreamsBackend()
