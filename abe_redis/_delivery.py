@@ -100,6 +100,7 @@ class GroupReader:
         group: str,
         registry: StreamRegistry,
         on_close: Callable[[], None] | None = None,
+        taker: Any = None,
     ) -> None:
         # Any: redis-py types stream replies as wide unions that depend on RESP version and
         # decode_responses; the shapes are normalised by stream_entries() instead.
@@ -114,6 +115,9 @@ class GroupReader:
         self._grouped: set[str] = set()
         self._buffer: deque[ReceivedMessage] = deque()
         self._parked: list[Taken] = []
+        # The client for commands that take entries; by default a connection of its own,
+        # opened at start (a Redis Cluster consumer passes a non-retrying cluster client).
+        self._given_taker = taker
         self._taker: Any = None
         self._leases: LeaseTable | None = None
         self._acks: AckQueue | None = None
@@ -299,7 +303,7 @@ class GroupReader:
             await backoff_sleep(self._failures)
 
     async def _start(self) -> None:
-        self._taker = dedicated_client(self._client)
+        self._taker = self._given_taker if self._given_taker is not None else dedicated_client(self._client)
         try:
             name = await self._membership.join()
         except ResponseError as exc:
