@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import RedisStreamsBackend, __version__
+from ._bench_cluster import local_cluster, run_cluster_workloads
 from ._cli_common import CliError
 from ._publisher import Publisher
 from ._redact import redact_text
@@ -170,6 +171,9 @@ class Bench:
         self._task: Any = None
         self._serial = 0
         self.raw = Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=10))
+        self.cluster_url: str | None = None
+        """``--cluster-url``; without it the cluster workload starts a cluster of its own."""
+        self._owned = contextlib.ExitStack()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -221,6 +225,7 @@ class Bench:
             ("end-to-end latency", self.latency),
             ("RSS over messages", self.rss),
             ("scaling", self.scaling),
+            ("cluster", self.cluster),
         ]
         chosen = [(name, workload) for name, workload in workloads if not self.skipped(name)]
         # Every round runs each workload once more, raw and ours back to back, so a burst of
@@ -242,6 +247,7 @@ class Bench:
         finally:
             await self.cleanup()
             await self.raw.aclose()
+            await asyncio.to_thread(self._owned.close)
         self.results = best_rounds(self.results)
         return self.results
 
@@ -626,6 +632,23 @@ class Bench:
         await self.consume(
             f"scaling: consume + ack, {s.streams} streams, 4 consumers", n, 4, streams=s.streams
         )
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    async def cluster(self) -> None:
+        """Publish and consume over many streams spread across a Redis Cluster (``_bench_cluster``)."""
+        if self.cluster_url is None:
+            self.cluster_url = await asyncio.to_thread(self._owned.enter_context, local_cluster())
+        s = self.settings
+        for row in await run_cluster_workloads(
+            self.cluster_url,
+            count=s.count,
+            backlog=s.backlog // 2,
+            streams=max(12, s.streams),
+            step=self.step,
+            result=Result,
+        ):
+            self.add(row)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1022,7 +1045,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
             url = args.url
             if url is None:
                 url = stack.enter_context(local_server())
-            data = asyncio.run(_measure(url, settings, console))
+            data = asyncio.run(_measure(url, settings, console, getattr(args, "cluster_url", None)))
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"figures written to {args.json}")
     console.print(render_table(data))
@@ -1033,7 +1056,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-async def _measure(url: str, settings: Settings, console: Console) -> dict[str, Any]:
+async def _measure(
+    url: str, settings: Settings, console: Console, cluster_url: str | None = None
+) -> dict[str, Any]:
     meta = {
         "abe_redis": __version__,
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -1051,7 +1076,9 @@ async def _measure(url: str, settings: Settings, console: Console) -> dict[str, 
         transient=True,
     )
     with progress:
-        results = await Bench(url, settings, progress).run()
+        bench = Bench(url, settings, progress)
+        bench.cluster_url = cluster_url
+        results = await bench.run()
     return report(results, meta)
 
 

@@ -232,6 +232,11 @@ def _add_bench(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "redis-server on a free port.",
     )
     bench.add_argument("--url", help="a Redis to use (only keys under abe-redis-bench:* are written)")
+    bench.add_argument(
+        "--cluster-url",
+        help="a Redis Cluster for the cluster workload (redis+cluster://host:port,…); default: "
+        "start a 3-master cluster on free ports (needs abe-redis[testing]); --skip cluster skips it",
+    )
     bench.add_argument("--quick", action="store_true", help="a small run that takes seconds")
     bench.add_argument("--count", type=int, help="messages per publish workload (default 60000)")
     bench.add_argument("--rounds", type=int, help="rounds per workload, best counts (default 3, --quick 1)")
