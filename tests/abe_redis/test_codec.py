@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from abe_redis import DeadLetters, InvalidKeyError, InvalidPayloadError, PoisonMessageError
+from abe_redis import DeadLetters, InvalidKeyError, InvalidPayloadError, PoisonMessageError, _codec
 from abe_redis._codec import check_key, decode_fields, encode_payload
 from abe_redis_testing import RedisBackendFactory
 
@@ -26,11 +26,129 @@ json_values = st.recursive(
 )
 
 
+@pytest.fixture(params=["orjson", "stdlib"])
+def codec_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test through the orjson fast path and again through the stdlib alone (what a
+    consumer without orjson does)."""
+    assert _codec._orjson is not None, "orjson is a dependency; the fast path must be tested"
+    if request.param == "stdlib":
+        monkeypatch.setattr(_codec, "_orjson", None)
+    return str(request.param)
+
+
 @given(st.dictionaries(st.text(), json_values, max_size=6))
 def test_every_json_object_round_trips_exactly(payload: dict[str, Any]) -> None:
-    decoded = decode_fields({b"payload": encode_payload(payload)})
-    assert decoded == payload
-    assert json.dumps(decoded, sort_keys=True) == json.dumps(payload, sort_keys=True)
+    for orjson in (_codec._orjson, None):  # the fast path, then the stdlib alone
+        saved, _codec._orjson = _codec._orjson, orjson
+        try:
+            decoded = decode_fields({b"payload": encode_payload(payload)})
+        finally:
+            _codec._orjson = saved
+        assert _same(decoded, payload)
+        assert json.dumps(decoded, sort_keys=True) == json.dumps(payload, sort_keys=True)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal *and* of the same JSON shape: types, float signs, key order (1 == 1.0 == True in
+    Python, so plain == would hide an int that came back as a float). Iterative: values nest
+    deeper than the recursion limit."""
+    pending = [(a, b)]
+    while pending:
+        x, y = pending.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, float):
+            both_nan = math.isnan(x) and math.isnan(y)
+            if not (both_nan or (x == y and math.copysign(1, x) == math.copysign(1, y))):
+                return False
+        elif isinstance(x, dict):
+            if list(x) != list(y):
+                return False
+            pending.extend((x[k], y[k]) for k in x)
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y, strict=True))
+        elif x != y:
+            return False
+    return True
+
+
+def _outcome(decode: Any, raw: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", decode(raw)
+    except Exception as exc:  # which error does not matter here, only that both refuse
+        return "error", type(exc).__name__
+
+
+def _stdlib(raw: bytes) -> Any:
+    return _codec._DECODER.decode(raw.decode("utf-8"))
+
+
+def _assert_fast_path_is_the_stdlib(raw: bytes) -> None:
+    fast, reference = _outcome(_codec._loads, raw), _outcome(_stdlib, raw)
+    assert fast[0] == reference[0], (raw, fast, reference)
+    if fast[0] == "ok":
+        assert _same(fast[1], reference[1]), (raw, fast[1], reference[1])
+
+
+_wide_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.integers(min_value=-(2**64) - 2, max_value=-(2**63) + 2)
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 2)
+    | st.floats()  # NaN and infinities included: the stdlib writes them, decoding refuses them
+    | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_wide_values, st.booleans(), st.booleans())
+def test_the_orjson_fast_path_decodes_exactly_as_the_stdlib(value: Any, ascii: bool, compact: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii, separators=(",", ":") if compact else None)
+    _assert_fast_path_is_the_stdlib(text.encode("utf-8", "surrogatepass"))
+
+
+_json_tokens = [*'{}[]",:-+.eE0123456789 \t\n\r\\/ubfnrtx', "\\ud800", "\\udc00", "\\u00e9"]
+_json_tokens += ["NaN", "Infinity", "true", "false", "null", "\ufeff", "\x00", "\x1f", "\u2028", "\u00e9"]
+_json_ish = st.lists(st.sampled_from(_json_tokens), max_size=40).map("".join)
+
+
+@given(_json_ish)
+def test_the_fast_path_refuses_and_accepts_what_the_stdlib_does_on_json_like_text(text: str) -> None:
+    _assert_fast_path_is_the_stdlib(text.encode("utf-8", "surrogatepass"))
+
+
+@given(st.binary(max_size=40))
+def test_the_fast_path_matches_the_stdlib_on_arbitrary_bytes(raw: bytes) -> None:
+    _assert_fast_path_is_the_stdlib(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"big": 123456789012345678901234567890}',  # orjson alone would return a float
+        b'{"min": -9223372036854775809, "max": 18446744073709551616}',
+        b'{"edge": 9223372036854775807, "neg": -9223372036854775808}',
+        b'{"inf": 1e400}',  # the stdlib reads inf (not a NaN/Infinity token), orjson refuses
+        b'{"x": NaN}',
+        b'{"x": "\\ud800"}',
+        b'{"x": "\\ud83d\\ude00"}',
+        b"\xef\xbb\xbf{}",
+        b'{"a": 1, "a": 2}',
+        b'{"z": -0, "f": -0.0, "e": 1E5}',
+        b"[" * 1100 + b"]" * 1100,
+    ],
+)
+def test_known_differences_between_orjson_and_the_stdlib_go_the_stdlib_way(raw: bytes) -> None:
+    _assert_fast_path_is_the_stdlib(raw)
+
+
+def test_a_huge_integer_keeps_its_exact_value_through_decode_fields(codec_path: str) -> None:
+    decoded = decode_fields({b"payload": b'{"n": 123456789012345678901234567890}'})
+    assert decoded == {"n": 123456789012345678901234567890} and type(decoded["n"]) is int
 
 
 def test_types_survive_not_just_values() -> None:
@@ -97,7 +215,7 @@ def test_reserved_keys() -> None:
         (None, "no fields"),
     ],
 )
-def test_poison_is_recognised_with_a_reason(fields: Any, reason: str) -> None:
+def test_poison_is_recognised_with_a_reason(fields: Any, reason: str, codec_path: str) -> None:
     with pytest.raises(PoisonMessageError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         decode_fields(fields)
 
