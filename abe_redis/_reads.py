@@ -68,7 +68,9 @@ class ReadPlanner:
                 self._hot.pop(stream, None)
 
     def all_hot(self) -> None:
-        for stream in self._known:
+        # In a fixed order: a set's order changes with PYTHONHASHSEED, and the simulator's
+        # schedules with it.
+        for stream in sorted(self._known):
             self._hot[stream] = None
 
     def plan(self, streams: list[str], room: int) -> ReadPlan:
