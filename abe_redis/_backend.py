@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ._broadcast import BroadcastReader
+from ._cluster_reader import ClusterReader
+from ._cluster_registry import ClusterRegistry
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
 from ._config import RedisConfig
 from ._connection import build_client, close_client, fatal_or_raise, is_wrong_type, setup_error
@@ -25,6 +27,7 @@ from ._errors import (
     ReplicationTimeoutError,
 )
 from ._message import ReceivedMessage
+from ._partitions import Partitions
 from ._publisher import Publisher
 from ._registry import StreamRegistry
 from ._retention import CapGuard
@@ -58,9 +61,17 @@ class RedisStreamsBackend:
         self._config = base.with_overrides(**overrides) if overrides else base
         self._client = client if client is not None else build_client(self._config)
         self._owns_client = client is None
-        self._registry = StreamRegistry(self._client, self._config)
+        # In a cluster, streams and the backend's own keys are spread over partitions pinned to
+        # hash slots (see _partitions); on one server there is one partition, the keys as named.
+        self._partitions = Partitions(self._config) if self._config.topology == "cluster" else None
+        self._registry: StreamRegistry = (
+            ClusterRegistry(self._client, self._partitions)
+            if self._partitions is not None
+            else StreamRegistry(self._client, self._config)
+        )
+        self._cluster_ready = False
         self._registered: dict[str, float] = {}
-        self._readers: weakref.WeakSet[GroupReader] = weakref.WeakSet()
+        self._readers: weakref.WeakSet[GroupReader | ClusterReader] = weakref.WeakSet()
         self._registry_warned = False
         self._closed = False
         self.metrics: MetricsHook = NULL_METRICS
@@ -115,6 +126,8 @@ class RedisStreamsBackend:
         config = self._config
         stream = self._stream_for(key)
         fields: dict[Any, Any] = {PAYLOAD_FIELD: encode_payload(payload)}
+        if self._partitions is not None and not self._cluster_ready:
+            await self._load_slot_map()
         now = time.monotonic()
         registered = self._registered.get(stream)
         secrets = (config.password,)
@@ -154,6 +167,8 @@ class RedisStreamsBackend:
                 ) from None
         if not batch:
             return []
+        if self._partitions is not None and not self._cluster_ready:
+            await self._load_slot_map()
         if config.wait_replicas:
             return await self._publish_replicated(stream, batch)
         now = time.monotonic()
@@ -171,15 +186,28 @@ class RedisStreamsBackend:
             await self._published(stream)
         return ids
 
+    def stream_name(self, key: str) -> str:
+        """The Redis stream that stores what is published under ``key``: ``key`` itself on one
+        server; in a Redis Cluster ``key{tag}``, the tag pinning it to its partition's slot (see
+        the Key placement section of docs/scaling.md). ``ReceivedMessage.stream`` is this name."""
+        return self._stream_for(key)
+
+    async def _load_slot_map(self) -> None:
+        # Once, before concurrent publishes race to do it: redis-py 8.1's RedisCluster, first
+        # used by many tasks at once, can write on a connection it has just closed.
+        await fatal_or_raise(self._client.initialize(), secrets=(self._config.password,))
+        self._cluster_ready = True
+
     def _stream_for(self, key: object) -> str:
         """``key`` checked as a stream to publish to (``InvalidKeyError`` naming what is wrong)."""
         config = self._config
-        return check_key(
+        stream = check_key(
             key,
             reserved_suffix=config.dead_letter_suffix,
             registry_key=str(config.registry_key),
             key_prefix=config.key_prefix,
         )
+        return stream if self._partitions is None else self._partitions.stream(stream)
 
     async def _xadd(self, stream: str, batch: list[dict[Any, Any]], *, nomkstream: bool) -> list[str]:
         """Entry ids of ``batch`` appended to ``stream``; empty when NOMKSTREAM found no stream."""
@@ -262,26 +290,42 @@ class RedisStreamsBackend:
         is redelivered after ``claim_idle_ms``. Call :meth:`ack` first to prevent that.
         """
         self._check_open()
-        if self._config.topology == "cluster":
-            raise ConfigurationError(
-                "REDIS_URL",
-                self._config.redacted_url,
-                "consuming from a Redis Cluster is not supported yet (publishing is); consumers "
-                "need one server or a Sentinel-watched master",
-            )
         if self._config.mode == "broadcast":
+            if self._partitions is not None:
+                raise ConfigurationError(
+                    "REDIS_CONSUME_MODE",
+                    "broadcast",
+                    "broadcast consumers cannot read a Redis Cluster yet (group consumers can)",
+                )
             return BroadcastReader(self._client, self._config, registry=self._registry).messages()
+        return self.group_reader(group).messages()
+
+    def group_reader(self, group: str | None = None) -> GroupReader | ClusterReader:
+        """The engine behind ``consume(group=...)``, for consumer runners: ``receive()``,
+        ``done()``, ``release()``, ``dead_letter()``, ``aclose()``. In a Redis Cluster, one reader
+        per partition behind the same interface."""
+        self._check_open()
         if group is not None and (not isinstance(group, str) or not group.strip()):
             raise ConfigurationError("group", group, "must be a non-empty string or None")
-        reader = GroupReader(
-            self._client,
-            self._config,
-            group=group if group is not None else self._config.consumer_group,
-            registry=self._registry,
-        )
+        chosen = group if group is not None else self._config.consumer_group
+        reader: GroupReader | ClusterReader
+        if self._partitions is not None:
+            partitions = self._partitions
+            if self._config.effective_prefetch < partitions.count:
+                raise ConfigurationError(
+                    "REDIS_PREFETCH (prefetch)",
+                    self._config.effective_prefetch,
+                    f"in a Redis Cluster a consumer reads all REDIS_CLUSTER_PARTITIONS={partitions.count} "
+                    "partitions at once, each with a share of the prefetch bound: set it to at least "
+                    "the number of partitions",
+                )
+            assert isinstance(self._registry, ClusterRegistry)
+            reader = ClusterReader(self._client, partitions, self._registry.partitions, group=chosen)
+        else:
+            reader = GroupReader(self._client, self._config, group=chosen, registry=self._registry)
         reader.metrics = self.metrics
         self._readers.add(reader)
-        return reader.messages()
+        return reader
 
     async def ack(self, message: ReceivedMessage) -> None:
         """Acknowledge ``message`` now, instead of when the next one is requested."""

@@ -46,6 +46,7 @@ class RedisConfig:
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
     cluster: bool = False
+    cluster_partitions: int = 16
     ssl: bool | None = None
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: CertRequirement = "required"
@@ -300,6 +301,12 @@ def _non_negative_int(value: object) -> str | None:
     return None if _is_int(value) and value >= 0 else "must be a non-negative integer"  # type: ignore[operator]
 
 
+def _cluster_partitions(value: object) -> str | None:
+    if _is_int(value) and 1 <= value <= 1024:  # type: ignore[operator]
+        return None
+    return "must be an integer from 1 to 1024 (publishers and consumers must use the same value)"
+
+
 def _optional_positive_int(value: object) -> str | None:
     if value is None or (_is_int(value) and value >= 1):  # type: ignore[operator]
         return None
@@ -399,6 +406,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("password", "REDIS_PASSWORD", _str, _optional_str),
     Setting("sentinel_password", "REDIS_SENTINEL_PASSWORD", _str, _optional_str),
     Setting("cluster", "REDIS_CLUSTER", _bool, _boolean),
+    Setting("cluster_partitions", "REDIS_CLUSTER_PARTITIONS", _int, _cluster_partitions),
     Setting("ssl", "REDIS_SSL", _bool, _optional_bool),
     Setting("ssl_ca_certs", "REDIS_SSL_CA_CERTS", _str, _optional_non_empty),
     Setting("ssl_cert_reqs", "REDIS_SSL_CERT_REQS", _str, _one_of(*get_args(CertRequirement))),
@@ -468,6 +476,11 @@ def _fail(config: RedisConfig, name: str, problem: str) -> None:
     raise ConfigurationError(_setting_name(name), value, problem)
 
 
+def _is_partition_key(value: str) -> bool:
+    """A partition's own prefix or registry (``…{abe-N}…``), derived by the backend itself."""
+    return re.search(r"\{abe-\d+\}", value) is not None and value.count("{") == 1
+
+
 def _validate(config: RedisConfig) -> None:
     for setting in SETTINGS:
         problem = setting.check(getattr(config, setting.name))
@@ -480,6 +493,16 @@ def _validate(config: RedisConfig) -> None:
         "rediss+cluster",
     ):
         _fail(config, "cluster", "REDIS_CLUSTER=true needs a redis:// or rediss:// seed URL")
+    if config.topology == "cluster":
+        for name in ("key_prefix", "registry_key"):
+            value = getattr(config, name)
+            if isinstance(value, str) and ("{" in value or "}" in value) and not _is_partition_key(value):
+                _fail(
+                    config,
+                    name,
+                    "may not contain '{' or '}' in a Redis Cluster: the backend adds its own hash tags "
+                    "to spread its keys over the slots (see docs/scaling.md, Key placement)",
+                )
     if config.socket_timeout is not None and config.socket_timeout <= config.block_ms / 1000:
         _fail(
             config,

@@ -121,7 +121,9 @@ def build_client(config: RedisConfig) -> Redis:
     return Redis(connection_pool=pool)
 
 
-def _topology_client(config: RedisConfig) -> Redis:
+def _topology_client(
+    config: RedisConfig, *, retry: Retry | None = None, max_connections: int | None = None
+) -> Redis:
     topology = parse_topology(config.url, cluster=config.cluster)
     if config.password is not None:
         # REDIS_PASSWORD wins over the URL's password, as for a single server.
@@ -130,8 +132,8 @@ def _topology_client(config: RedisConfig) -> Redis:
         topology,
         sentinel_password=config.sentinel_password,
         client_name=config.client_name,
-        retry=_retry(config),
-        max_connections=config.max_connections,
+        retry=_retry(config) if retry is None else retry,
+        max_connections=config.max_connections if max_connections is None else max_connections,
         pool_timeout=config.pool_timeout,
         socket_timeout=config.effective_socket_timeout,
         socket_connect_timeout=config.socket_connect_timeout,
@@ -155,6 +157,15 @@ def dedicated_client(client: Redis) -> Redis:
     kwargs["retry"] = Retry(NoBackoff(), 0)
     pool = ConnectionPool(connection_class=shared.connection_class, max_connections=1, **kwargs)
     return Redis(connection_pool=pool)
+
+
+def dedicated_cluster_client(config: RedisConfig, *, connections: int) -> Redis:
+    """A Redis Cluster client of a consumer's own, for the commands by which it takes entries:
+    up to ``connections`` per node, so that each of its blocking reads has one, and no retries
+    (redis-py still follows ``MOVED``/``ASK``, which mean the command did not run), for the same
+    reason as :func:`dedicated_client`. A failed command marks the slot map for reloading, so the
+    next one finds a promoted replica."""
+    return _topology_client(config, retry=Retry(NoBackoff(), 0), max_connections=connections)
 
 
 async def close_client(client: Redis) -> None:
