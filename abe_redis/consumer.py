@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Self
 
 from ._backend import RedisStreamsBackend
+from ._cluster_reader import ClusterReader
 from ._config import RedisConfig
 from ._delivery import GroupReader
 from ._errors import AbeRedisError, ConfigurationError
@@ -137,7 +138,7 @@ class RedisConsumer:
         self._owns_backend = owns_backend
         self._validate()
 
-        self._reader: GroupReader | None = None
+        self._reader: GroupReader | ClusterReader | None = None
         self._slots = asyncio.Semaphore(self.concurrency)
         self._executor: ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,9 +214,8 @@ class RedisConsumer:
             raise RuntimeError("a RedisConsumer runs once; create a new one to run again")
         self._ran = True
         loop = asyncio.get_running_loop()
-        self._reader = GroupReader(
-            self._backend.client, self._config, group=self.group, registry=self._backend.registry
-        )
+        # The backend's engine: one GroupReader, or in a Redis Cluster one per partition.
+        self._reader = self._backend.group_reader(self.group)
         self._reader.metrics = self.metrics
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - an object with an async __call__
