@@ -133,10 +133,6 @@ async def run_cluster_workloads(
             max_connections=CLUSTER_PUBLISHERS,
         )
         try:
-            # One publish first: redis-py's RedisCluster loads its slot map lazily, and many
-            # first commands at once each start that load and close one another's connections
-            # (TypeError from asyncio's transport; see docs/scaling.md).
-            await backend.publish(our_keys[0], payload)
             serial = 0
 
             async def ours(task: int, left: int) -> int:

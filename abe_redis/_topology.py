@@ -264,6 +264,23 @@ class _MasterFollowingSSLConnection(_MasterFollowingConnection, SSLConnection):
     pass
 
 
+class InitializedFirstCluster(RedisCluster):
+    """A ``RedisCluster`` that loads its slot map before anything else a command does.
+
+    redis-py 8.1 resolves a command's routing policy on the seed node *before* its lazy
+    ``initialize()``; when many first commands run at once, the initialize of one replaces the
+    seed nodes and closes the connections the others are writing to, and they fail with
+    ``TypeError: 'NoneType' object is not callable`` from asyncio's transport (a service that
+    starts with concurrent publishes, or two consumers starting together). ``initialize()`` is
+    locked and idempotent, so awaiting it first costs one flag check once it has run.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 class SentinelMasterRedis(Redis):
     """The client ``Sentinel.master_for`` returns, closing the sentinel connections with its own."""
 
@@ -327,7 +344,7 @@ def build_topology_client(
             tls["ssl_ca_certs"] = ssl_ca_certs
 
     if topology.kind == "cluster":
-        return RedisCluster(
+        return InitializedFirstCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in topology.nodes],
             max_connections=max_connections,
             **common,

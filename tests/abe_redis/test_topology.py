@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -344,3 +345,17 @@ async def test_acl_user_outside_its_prefix_fails_the_access_check(redis_acl_user
 
 def test_client_kind_follows_the_url() -> None:
     assert isinstance(build_topology_client(Topology("cluster", (("127.0.0.1", 1),))), RedisCluster)
+
+
+async def test_a_fresh_cluster_client_survives_many_first_commands_at_once(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    # redis-py 8.1's RedisCluster fails such a burst with TypeError from asyncio's transport
+    # (the lazy initialize of one command closes the seed connections of the others).
+    client = build_topology_client(parse_topology(redis_cluster.url), max_connections=100)
+    try:
+        await asyncio.gather(*(client.xadd(f"burst-{i % 12}", {b"n": b"1"}) for i in range(64)))
+        lengths = [await client.xlen(f"burst-{i}") for i in range(12)]
+    finally:
+        await client.aclose()
+    assert sum(lengths) == 64
