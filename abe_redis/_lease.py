@@ -72,10 +72,14 @@ class LeaseTable:
         if stream not in self._refreshed_at or at < self._refreshed_at[stream]:
             self._refreshed_at[stream] = at
 
-    def hand(self, stream: str, entry_id: str) -> None:
-        lease = self._held.get(stream, {}).get(entry_id)
-        if lease is not None:
-            lease.handed = True
+    def hand(self, stream: str, entry_id: str) -> bool:
+        """Mark a held entry as handed to the caller; False if it is no longer held."""
+        held = self._held.get(stream)
+        lease = held.get(entry_id) if held is not None else None
+        if lease is None:
+            return False
+        lease.handed = True
+        return True
 
     def unhand(self, stream: str, entry_id: str) -> None:
         """Take back :meth:`hand` for an entry no handler saw."""
@@ -132,35 +136,56 @@ class LeaseTable:
         """Re-check ownership of a stale stream's leases; drop and return the ids lost to a peer.
 
         Claiming with ``min-idle-time = 0`` would steal back what a peer has rightly claimed, so
-        ownership is read first (``XPENDING`` per entry) and only what is still ours is renewed.
+        ownership is read first (``XPENDING`` per entry) and only what is still ours is renewed —
+        each with its idle time just seen as ``min-idle-time``: a peer that claims the entry
+        between the two commands restarts its idle clock, so the renewal skips it instead of
+        stealing it back (and two consumers handing it out, the later with a lower count).
         """
         held = self._held.get(stream)
         if not held:
             return []
         ids = list(held)
         sent = time.monotonic()
-        async with self._client.pipeline(transaction=False) as pipe:
-            for entry_id in ids:
-                pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
-            replies = await pipe.execute(raise_on_error=False)
-        mine: list[str] = []
-        lost: list[str] = []
-        for entry_id, reply in zip(ids, replies, strict=True):
-            if isinstance(reply, Exception):
-                continue  # unknown: keep it and look again next time
-            owner = reply[0]["consumer"] if reply else None
-            if owner is not None and to_str(owner) == self.consumer:
-                mine.append(entry_id)
-            else:
-                # Another consumer's now, or no longer pending at all: a peer took it over and
-                # has already acknowledged it. Either way it is not this consumer's to hand out.
-                lost.append(entry_id)
+        owners = await self._owners(stream, ids)
+        mine = {i: idle for i, (owner, idle) in owners.items() if owner == self.consumer}
+        # Another consumer's now, or no longer pending at all (a peer took it over and has
+        # already acknowledged it): either way not this consumer's to hand out.
+        lost = [i for i, (owner, _) in owners.items() if owner != self.consumer]
         if mine:
-            await self._client.xclaim(stream, self._group, self.consumer, 0, mine, justid=True)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for entry_id, idle in mine.items():
+                    pipe.xclaim(stream, self._group, self.consumer, idle, [entry_id], justid=True)
+                replies = await pipe.execute(raise_on_error=False)
+            skipped = [
+                entry_id
+                for entry_id, reply in zip(mine, replies, strict=True)
+                if not isinstance(reply, Exception) and not reply
+            ]
+            if skipped:
+                # Touched since the XPENDING: a peer claimed it, or this consumer renewed it
+                # meanwhile (its background refresh, a retry). A second look tells which.
+                again = await self._owners(stream, skipped)
+                lost += [i for i, (owner, _) in again.items() if owner != self.consumer]
         self.drop(stream, lost)
         if stream in self._refreshed_at:
             self._refreshed_at[stream] = sent
         return lost
+
+    async def _owners(self, stream: str, ids: list[str]) -> dict[str, tuple[str | None, int]]:
+        """(owner or None if not pending, idle ms) of each entry; unreadable ones are left out."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(stream, self._group, min=entry_id, max=entry_id, count=1)
+            replies = await pipe.execute(raise_on_error=False)
+        owners: dict[str, tuple[str | None, int]] = {}
+        for entry_id, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue  # unknown: keep it and look again next time
+            if reply:
+                owners[entry_id] = (to_str(reply[0]["consumer"]), int(reply[0]["time_since_delivered"]))
+            else:
+                owners[entry_id] = (None, 0)
+        return owners
 
     def count(self, stream: str, entry_id: str) -> int | None:
         lease = self._held.get(stream, {}).get(entry_id)

@@ -142,3 +142,68 @@ async def test_closing_the_backend_releases_what_an_open_consumer_holds(
         await rescuer.aclose()
     assert again == {"n": 1}
     assert again.delivery_count == 2
+
+
+async def _one_held_entry(queue_backend_factory: RedisBackendFactory, stream: str) -> tuple[Any, Any, str]:
+    """A lease table of consumer ``mine`` holding one entry of ``stream``, idle for a while."""
+    from abe_redis._lease import LeaseTable
+
+    client: Any = queue_backend_factory.client()
+    entry_id = (await client.xadd(stream, {"payload": b"{}"})).decode()
+    await client.xgroup_create(stream, "g", id="0")
+    await client.xreadgroup("g", "mine", {stream: ">"}, count=1)
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    leases.take(stream, [(entry_id, 1)], at=0.0)
+    await asyncio.sleep(0.1)  # idle for 100 ms, as a stalled holder's entry would be
+    return client, leases, entry_id
+
+
+async def test_verification_never_steals_back_what_a_peer_claims_between_its_two_commands(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulator seeds 30 and 124: a holder cut off past the claim timeout verifies its leases
+    (XPENDING: still mine) while a peer claims the entry; a renewal with min-idle 0 stole it back,
+    and both handed it out, the holder with the lower delivery count."""
+    from abe_redis._lease import LeaseTable
+
+    client, leases, entry_id = await _one_held_entry(queue_backend_factory, "verify-race")
+    owners = LeaseTable._owners
+
+    async def peer_claims_meanwhile(self: LeaseTable, stream: str, ids: list[str]) -> Any:
+        seen = await owners(self, stream, ids)
+        if len(seen) == 1 and seen[entry_id][0] == "mine":
+            await client.xclaim(stream, "g", "peer", 50, [entry_id])
+        return seen
+
+    monkeypatch.setattr(LeaseTable, "_owners", peer_claims_meanwhile)
+    assert await leases.verify("verify-race") == [entry_id]
+    assert not leases.holds("verify-race", entry_id)
+    [pending] = await client.xpending_range("verify-race", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"peer", 2)
+
+
+async def test_verification_keeps_what_this_consumer_renewed_between_its_two_commands(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """The background refresh may renew an entry while the loop verifies it: the guarded renewal
+    then skips it, which must not count as losing it (simulator seed 32 of the handlers profile)."""
+    from abe_redis._lease import LeaseTable
+
+    client, leases, entry_id = await _one_held_entry(queue_backend_factory, "verify-own")
+    owners = LeaseTable._owners
+    renewed: list[str] = []
+
+    async def renewed_meanwhile(self: LeaseTable, stream: str, ids: list[str]) -> Any:
+        seen = await owners(self, stream, ids)
+        if not renewed:
+            renewed.append(entry_id)
+            await client.xclaim(stream, "g", "mine", 0, [entry_id], justid=True)
+        return seen
+
+    monkeypatch.setattr(LeaseTable, "_owners", renewed_meanwhile)
+    assert await leases.verify("verify-own") == []
+    assert renewed == [entry_id]
+    assert leases.holds("verify-own", entry_id)
+    [pending] = await client.xpending_range("verify-own", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
+
