@@ -186,7 +186,10 @@ class GroupReader:
                     )
                     if message.message_id in gone:
                         continue
-            leases.hand(message.stream, message.message_id)
+            if not leases.hand(message.stream, message.message_id):
+                # Its lease was dropped after it was taken (a peer took it over while it was on
+                # its way into the buffer, say): it is no longer this consumer's to hand out.
+                continue
             emit(self.metrics, "delivered", stream=message.stream, group=self.group)
             return message
 

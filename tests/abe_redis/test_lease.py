@@ -207,3 +207,40 @@ async def test_verification_keeps_what_this_consumer_renewed_between_its_two_com
     [pending] = await client.xpending_range("verify-own", "g", min="-", max="+", count=10)
     assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
 
+
+async def test_an_entry_lost_to_a_peer_on_its_way_into_the_buffer_is_never_handed_out(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulator seeds 30 and 133: a read's entries are leased, then buffered after a few more
+    commands (the holdings record). A partition stalled those commands past the claim timeout; a
+    peer claimed the entries and verification dropped their leases, but they reached the buffer
+    afterwards and were handed out anyway — handled twice, the later with a lower count."""
+    from abe_redis._delivery import GroupReader
+
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    for n in range(2):
+        await publisher.publish("intake", {"n": n})
+    intake = GroupReader._intake
+    claimed: list[str] = []
+
+    async def peer_claims_first(self: GroupReader, taken: list[Any]) -> None:
+        if not claimed and len(taken) == 2:
+            first = taken[0].entry_id
+            claimed.append(first)
+            await client.xclaim("intake", self.group, "peer", 0, [first])
+            assert self._leases is not None
+            assert await self._leases.verify("intake") == [first]
+        await intake(self, taken)
+
+    monkeypatch.setattr(GroupReader, "_intake", peer_claims_first)
+    consumer = queue_backend_factory(batch_size=10).consume(group="g")
+    try:
+        [message] = await take(consumer, 1)
+    finally:
+        await consumer.aclose()
+    assert claimed
+    assert (message["n"], message.delivery_count) == (1, 1)
+    pending = await client.xpending_range("intake", "g", min="-", max="+", count=10)
+    owners = {p["message_id"].decode(): p["consumer"] for p in pending}
+    assert owners[claimed[0]] == b"peer"  # the peer's still: closing released only the other
