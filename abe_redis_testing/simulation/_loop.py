@@ -21,6 +21,7 @@ import random
 import socket
 import time
 import uuid
+from asyncio import base_events
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,12 @@ __all__ = ["EPOCH", "SimLoop", "SimulationDeadlock", "SimulationStuck", "virtual
 
 EPOCH = 1_767_225_600.0
 """What ``time.time()`` reads at virtual time 0 (2026-01-01 UTC): a fixed, plausible date."""
+
+
+# The base loop's rule for when to sweep cancelled timers out of the heap, kept so that timers
+# behave as they do on any loop.
+_MIN_SCHEDULED: int = base_events._MIN_SCHEDULED_TIMER_HANDLES  # type: ignore[attr-defined]
+_MIN_CANCELLED_FRACTION: float = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION  # type: ignore[attr-defined]
 
 
 class SimulationDeadlock(RuntimeError):
@@ -42,20 +49,6 @@ class SimulationStuck(RuntimeError):
 SPIN_LIMIT = 200_000
 """Loop iterations without virtual time passing before a run counts as stuck (a whole
 200-message schedule takes a few thousand iterations)."""
-
-
-class _VirtualSelector:
-    """Stands in for the I/O selector: there is no I/O, only timers and the ready queue."""
-
-    def __init__(self, loop: SimLoop) -> None:
-        self._loop = loop
-
-    def select(self, timeout: float | None) -> list[Any]:
-        self._loop._advance(timeout)
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 class _SimTask(asyncio.Task[Any]):
@@ -83,7 +76,6 @@ class SimLoop(asyncio.BaseEventLoop):
         self._now = 0.0
         self._rng = rng
         self._shuffle = shuffle
-        self._selector = _VirtualSelector(self)
         self.iterations = 0
         self._spins = 0
         self._created = 0
@@ -104,25 +96,45 @@ class SimLoop(asyncio.BaseEventLoop):
     def time(self) -> float:
         return self._now
 
-    def _advance(self, timeout: float | None) -> None:
+    def _run_once(self) -> None:
+        """One iteration of the base loop's ``_run_once``, without the selector: when nothing is
+        ready, jump to the next timer instead of waiting for it; then run the ready callbacks in
+        the order the seed's generator shuffles them into."""
         # asyncio's private queues: the deque of ready handles and the heap of timers.
-        ready: Any = self._ready  # type: ignore[attr-defined]
-        scheduled: list[Any] = self._scheduled  # type: ignore[attr-defined]
-        self.iterations += 1
-        if timeout is None:
-            raise SimulationDeadlock("no task can make progress and no timer is due")
-        if timeout > 0 and scheduled:
-            # Jump straight to the next timer, not to now + timeout: no float drift.
-            self._now = max(self._now, scheduled[0]._when)
-            self._spins = 0
+        base: Any = self
+        ready = base._ready
+        scheduled = base._scheduled
+        count = len(scheduled)
+        if count > _MIN_SCHEDULED and base._timer_cancelled_count / count > _MIN_CANCELLED_FRACTION:
+            kept = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            base._scheduled = scheduled = kept
+            base._timer_cancelled_count = 0
         else:
-            self._spins += 1
-            if self._spins > SPIN_LIMIT:
+            while scheduled and scheduled[0]._cancelled:
+                base._timer_cancelled_count -= 1
+                heapq.heappop(scheduled)._scheduled = False
+        self.iterations += 1
+        if not ready and not base._stopping:
+            if not scheduled:
+                raise SimulationDeadlock("no task can make progress and no timer is due")
+            when = scheduled[0]._when
+            if when > self._now:
+                self._now = when
                 self._spins = 0
-                raise SimulationStuck(f"{SPIN_LIMIT} loop iterations at virtual time {self._now:.3f}s")
-        # Move every due timer into the ready queue ourselves, so the shuffle below sees them
-        # (the base loop would append them after this returns, always last).
-        while scheduled and scheduled[0]._when <= self._now:
+            else:
+                self._spin()
+        else:
+            self._spin()
+        now = self._now
+        # Move every due timer into the ready queue before the shuffle, so the shuffle sees them
+        # (the base loop would append them last).
+        while scheduled and scheduled[0]._when <= now:
             handle = heapq.heappop(scheduled)
             handle._scheduled = False
             ready.append(handle)
@@ -131,6 +143,21 @@ class SimLoop(asyncio.BaseEventLoop):
             self._rng.shuffle(handles)
             ready.clear()
             ready.extend(handles)
+        end = now + base._clock_resolution
+        while scheduled and scheduled[0]._when < end:
+            handle = heapq.heappop(scheduled)
+            handle._scheduled = False
+            ready.append(handle)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+
+    def _spin(self) -> None:
+        self._spins += 1
+        if self._spins > SPIN_LIMIT:
+            self._spins = 0
+            raise SimulationStuck(f"{SPIN_LIMIT} loop iterations at virtual time {self._now:.3f}s")
 
     def _process_events(self, event_list: list[Any]) -> None:
         pass

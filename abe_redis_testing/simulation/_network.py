@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio.connection as redis_connection
+from fakeredis._clients._async import FakeWriter
 from fakeredis._core._database import Database
+from fakeredis._msgs import CONNECTION_ERROR_MSG
 from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -143,8 +145,52 @@ class SimNetwork:
         self._record(f"fault kill {node}")
 
 
+class _Command(tuple[bytes, ...]):
+    """A command's arguments, encoded as redis-py encodes them for the wire, handed to the fake
+    server as they are: packing them into RESP only for fakeredis to parse them back cost a
+    sixth of a schedule."""
+
+
+def _encode_command(encode: Callable[[Any], Any], args: tuple[Any, ...]) -> _Command:
+    # What redis-py's pack_command does before it writes RESP: a command name with a space in it
+    # ("CLIENT SETINFO") goes as separate arguments, and every argument through the encoder.
+    first = args[0]
+    if isinstance(first, str):
+        args = tuple(first.encode().split()) + args[1:]
+    elif b" " in first:
+        args = tuple(first.split()) + args[1:]
+    # The encoder hands back a memoryview only when given one, and the engine sends none.
+    return _Command(map(encode, args))
+
+
+def _resp(command: _Command) -> bytes:
+    return b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
+
+
+class _SimWriter(FakeWriter):
+    """Hands each command straight to the fake server's command processor, except while the
+    socket is paused by a blocked command: then, as fakeredis' own writer does, it queues the
+    command's bytes in the socket's parser, which runs it when the blocked command answers."""
+
+    def writelines(self, data: Iterable[Any]) -> None:
+        socket: Any = self._socket
+        if socket is None:
+            return
+        for chunk in data:
+            if type(chunk) is not _Command:
+                socket.sendall(chunk)
+            elif socket._paused:
+                socket.sendall(_resp(chunk))
+            else:
+                if not socket._server.connected or socket._killed:
+                    raise socket._connection_error_class(CONNECTION_ERROR_MSG)
+                socket._process_command(list(chunk))
+
+
 def _command_name(command: Any) -> str:
     first = command[0] if isinstance(command, list | tuple) else command
+    if type(first) is _Command:
+        return first[0].decode("ascii", "replace").upper()
     if isinstance(first, str):
         first = first.encode()
     parts = bytes(first).split(b"\r\n", 3)
@@ -173,7 +219,16 @@ class SimConnection(FakeAsyncRedisConnection):
         if network.refuse_connect(self.node):
             raise RedisConnectionError(f"simulated: connection refused ({self.node})")
         await super()._connect()
+        if self._sock is not None:
+            self._writer = _SimWriter(self._sock)
         self.generation = network.generation
+
+    def pack_command(self, *args: Any) -> list[Any]:
+        return [_encode_command(self.encoder.encode, args)]
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[Any]:
+        encode = self.encoder.encode
+        return [_encode_command(encode, tuple(command)) for command in commands]
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         network = self.network
@@ -233,6 +288,11 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
         # redis-py's idle health check reads its PING reply out of order from a fake socket;
         # the simulation drops idle connections its own way (restart, partition).
         kwargs["health_check_interval"] = 0
+        # No CLIENT SETINFO after each connect: two commands a reconnect whose replies redis-py
+        # ignores (HELLO still runs, and faults still hit the handshake through it).
+        kwargs["driver_info"] = None
+        kwargs.pop("lib_name", None)
+        kwargs.pop("lib_version", None)
         return SimConnection(network=network, node=current_node.get(), **kwargs)
 
     database_class: Any = Database

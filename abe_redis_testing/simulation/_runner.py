@@ -138,6 +138,7 @@ def run_seed(
         "publish_failed": len(sim.history.failed),
         "handlings": len(sim.history.handlings),
         "loop_iterations": loop.iterations,
+        "commands": sum(sim.network.commands.values()),
         **{f"net_{k}": v for k, v in sorted(sim.network.injected.items())},
     }
     return SimulationResult(
@@ -387,12 +388,11 @@ class _Simulation:
     # -- the end -----------------------------------------------------------------------
 
     def waiting(self) -> dict[str, set[int]]:
-        restarts = self.history.restarts
-        expected = {
-            n
-            for n in self.history.published
-            if not any(self.history.publish_started[n] <= r for r in restarts)
-        }
+        # A message published (started) before the last restart is excused: the restart may have
+        # taken it.
+        last_restart = max(self.history.restarts, default=-1.0)
+        started = self.history.publish_started
+        expected = {n for n in self.history.published if started[n] > last_restart}
         return {g: expected - done - self.dead[g] for g, done in self.completed.items()}
 
     async def drain(self) -> None:

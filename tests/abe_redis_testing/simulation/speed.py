@@ -1,0 +1,53 @@
+"""Schedules per second of the simulator on one core, per workload and fault mix.
+
+Run it as a script (it is a benchmark, not a test)::
+
+    .venv/bin/python tests/abe_redis_testing/simulation/speed.py [--seeds 40] [--messages 200]
+
+It runs the seeds one after another in this process and prints, per mix, schedules/s by CPU
+time (what one core manages, whatever else the machine runs) and by wall time, with the
+commands and event-loop iterations a schedule costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from abe_redis_testing.simulation import FAULT_KINDS, run_seed
+
+MIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("default", FAULT_KINDS),
+    ("default", ()),
+    ("fast", FAULT_KINDS),
+    ("fast", ()),
+)
+
+
+def measure(workload: str, faults: tuple[str, ...], seeds: int, messages: int) -> str:
+    run_seed(10_000, workload=workload, faults=faults, messages=messages)  # imports, first-run setup
+    cpu, wall = time.process_time(), time.perf_counter()
+    commands = iterations = 0
+    for seed in range(seeds):
+        result = run_seed(seed, workload=workload, faults=faults, messages=messages)
+        commands += result.stats["commands"]
+        iterations += result.stats["loop_iterations"]
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    spec = "all" if faults else "none"
+    return (
+        f"{workload:>8} --faults {spec:<4}  {seeds / cpu:6.1f} schedules/s (CPU)  {seeds / wall:6.1f} (wall)"
+        f"  {commands // seeds:5d} commands  {iterations // seeds:6d} loop iterations per schedule"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--messages", type=int, default=200)
+    args = parser.parse_args()
+    for workload, faults in MIXES:
+        print(measure(workload, faults, args.seeds, args.messages), flush=True)
+
+
+if __name__ == "__main__":
+    main()
