@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from rich.console import Console
 from rich.logging import RichHandler
 
@@ -311,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.run(args, Console())
-    except (CliError, AbeRedisError, RedisError, OSError) as exc:
+    # RedisClusterException (no cluster node answered) is not a RedisError.
+    except (CliError, AbeRedisError, RedisError, RedisClusterException, OSError) as exc:
         # One line instead of a traceback; a URL's password never appears.
         # Plain text: no wrapping, no emoji codes or markup read into the message.
         print(f"abe-redis {args.command}: {_one_line(exc)}", file=sys.stderr)
@@ -322,10 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
+    message = _CLIENT_REPR.sub("", " ".join(str(exc).split()))
     if not isinstance(exc, CliError | AbeRedisError):
-        message = f"{type(exc).__name__}: {message}"
+        # Some redis-py errors (MaxConnectionsError) have no text: the type alone says it.
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return redact_text(message)
+
+
+# redis-py's MasterNotFoundError appends the sentinel client's whole repr (hundreds of
+# characters of pool settings) to "No master found for 'name'".
+_CLIENT_REPR = re.compile(r" : <redis\.(?:asyncio\.)?client\.Redis\(.*$")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,6 +117,22 @@ def test_unreachable_server_is_one_line_without_the_password() -> None:
     assert "hunter2" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # RedisClusterException is not a RedisError: it used to escape as a traceback.
+        ("redis+cluster://:hunter2@127.0.0.1:1", "RedisClusterException"),
+        # MasterNotFoundError's text carries the sentinel client's repr; only its first clause stays.
+        ("redis+sentinel://:hunter2@127.0.0.1:1/orders-master", "No master found for 'orders-master'"),
+    ],
+)
+def test_unreachable_cluster_or_sentinel_is_one_short_line(url: str, expected: str) -> None:
+    result = run_cli("info", "--url", url)
+    assert_one_line_error(result, expected)
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "<redis." not in result.stderr and len(result.stderr) < 300, result.stderr
+
+
 # -- verify ------------------------------------------------------------------------------------
 
 
