@@ -35,3 +35,22 @@ class ReceivedMessage(dict[str, Any]):
     def key(self) -> str:
         """The key it was published under (the stream name)."""
         return self.stream
+
+
+_new_dict = dict.__new__
+_fill_dict = dict.update
+
+
+def received(
+    payload: dict[str, Any], stream: str, message_id: str, group: str | None, delivery_count: int
+) -> ReceivedMessage:
+    """A :class:`ReceivedMessage`, built without the keyword-argument ``__init__`` (a third of
+    the cost, and this runs for every message consumed)."""
+    message: ReceivedMessage = _new_dict(ReceivedMessage)
+    _fill_dict(message, payload)
+    message.stream = stream
+    message.message_id = message_id
+    message.group = group
+    message.delivery_count = delivery_count
+    message.acked = group is None
+    return message
