@@ -15,15 +15,16 @@ Every error is a :class:`~abe_redis.ConfigurationError` naming the setting, with
 
 from __future__ import annotations
 
+import os
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import EqualJitterBackoff
@@ -246,7 +247,46 @@ class ConnectionRetry(Retry):
         return await super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
-class _MasterFollowingConnection(SentinelManagedConnection):
+def _from_closed_transport(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside asyncio's transport: the mark of a write to a
+    connection whose socket was already torn down (redis/redis-py#4287)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{os.sep}asyncio{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+class ClosedTransportSafeConnection(Connection):
+    """A write to a connection the peer (or a cluster client's slot-map reload) closed raises
+    ``ConnectionError``, as any other dead connection does.
+
+    redis-py 8.1 lets asyncio's ``TypeError: 'NoneType' object is not callable`` (or an
+    ``AttributeError`` on Python 3.13) escape instead; neither is retried, so a cluster
+    consumer died of it when a master failed over under it (redis/redis-py#4287). As a
+    ``ConnectionError`` it is retried like any other, on the node the slot map names now.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (TypeError, AttributeError) as exc:
+            if not _from_closed_transport(exc):
+                raise
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(
+                f"the connection to {self.host}:{self.port} was closed while writing to it"
+            ) from exc
+
+
+class ClosedTransportSafeSSLConnection(ClosedTransportSafeConnection, SSLConnection):
+    pass
+
+
+class _MasterFollowingConnection(SentinelManagedConnection, ClosedTransportSafeConnection):
     """Asks the sentinels for the master on *every* socket connect.
 
     redis-py 8 reconnects a dropped connection through ``connect_check_health``, which skips the
@@ -274,6 +314,17 @@ class InitializedFirstCluster(RedisCluster):
     starts with concurrent publishes, or two consumers starting together). ``initialize()`` is
     locked and idempotent, so awaiting it first costs one flag check once it has run.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # RedisCluster takes no connection class; every node (the seeds now, the ones its slot
+        # map finds later) is built from these keyword arguments.
+        tls = self.connection_kwargs.get("connection_class") is SSLConnection
+        safe = ClosedTransportSafeSSLConnection if tls else ClosedTransportSafeConnection
+        self.connection_kwargs["connection_class"] = safe
+        self.nodes_manager.connection_kwargs["connection_class"] = safe
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = safe
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self._initialize:

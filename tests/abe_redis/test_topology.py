@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
 from abe_redis import ConfigurationError
 from abe_redis._topology import (
+    ClosedTransportSafeConnection,
     SentinelMasterRedis,
     Topology,
     build_client_for_url,
@@ -26,6 +29,7 @@ from abe_redis_testing.servers import (
     STREAMS_BACKEND_COMMAND_NAMES,
     AclUser,
     RedisClusterHandle,
+    RedisEndpoint,
     RedisSentinelHandle,
 )
 
@@ -359,3 +363,27 @@ async def test_a_fresh_cluster_client_survives_many_first_commands_at_once(
     finally:
         await client.aclose()
     assert sum(lengths) == 64
+
+
+async def test_a_write_to_a_torn_down_transport_is_a_connection_error(redis_server: RedisEndpoint) -> None:
+    connection = ClosedTransportSafeConnection(host=redis_server.host, port=redis_server.port)
+    await connection.connect()
+    try:
+        # What asyncio leaves behind once a peer's reset was processed (Python 3.12): writing
+        # then raises TypeError from inside the transport, which redis-py 8.1 lets escape.
+        writer: Any = connection._writer
+        writer.transport._write_ready = None
+        with pytest.raises(RedisConnectionError, match="closed while writing"):
+            await connection.send_command("PING")
+        assert not connection.is_connected
+    finally:
+        await connection.disconnect()
+
+
+def test_every_node_of_a_cluster_client_uses_the_safe_connection() -> None:
+    client = build_topology_client(parse_topology("redis+cluster://127.0.0.1:1,127.0.0.1:2"))
+    assert isinstance(client, RedisCluster)
+    seeds = list(client.nodes_manager.startup_nodes.values())
+    assert len(seeds) == 2
+    assert all(node.connection_class is ClosedTransportSafeConnection for node in seeds)
+    assert client.nodes_manager.connection_kwargs["connection_class"] is ClosedTransportSafeConnection
