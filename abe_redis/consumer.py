@@ -354,13 +354,17 @@ class RedisConsumer:
         unfinished = len(self._busy)
         waiting = len(self._tasks) - unfinished
         if unfinished or waiting:
+            # Only the non-zero parts: "0 handler(s) did not finish within 30s" read as a timeout
+            # after a shutdown that only released retry waits.
+            parts = []
+            if unfinished:
+                parts.append(f"{unfinished} handler(s) did not finish within {self.shutdown_grace_s:.1f}s")
+            if waiting:
+                parts.append(f"{waiting} message(s) waited for a retry")
             log.warning(
-                "consumer of group %s stopping: %d handler(s) did not finish within %.1fs and %d "
-                "message(s) waited for a retry; all are released for another consumer",
+                "consumer of group %s stopping: %s; all are released for another consumer",
                 self.group,
-                unfinished,
-                self.shutdown_grace_s,
-                waiting,
+                " and ".join(parts),
                 extra={"group": self.group, "unfinished": unfinished, "retry_waiting": waiting},
             )
 

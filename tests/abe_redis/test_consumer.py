@@ -119,6 +119,28 @@ async def test_waiting_retry_does_not_block_other_messages_with_concurrency_one(
     assert sorted(n for n, _ in order[1:-1]) == [1, 2, 3, 4, 5]
 
 
+async def test_a_shutdown_that_only_releases_a_retry_wait_says_so_and_no_timeout(
+    fake_backend_factory: RedisBackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = fake_backend_factory()
+    await backend.publish("q", {"n": 1})
+    attempts: list[int] = []
+
+    async def handler(message: ReceivedMessage) -> None:
+        attempts.append(message.delivery_count)
+        raise RuntimeError("transient")
+
+    consumer = RedisConsumer(backend, group="g", retry_delay_s=30, jitter=0)
+    running = Running(consumer, handler)
+    await wait_until(lambda: asyncio.sleep(0, attempts == [1]), "the first attempt")
+    with caplog.at_level("WARNING", logger="abe_redis"):
+        await running.stop()
+    [line] = [r.getMessage() for r in caplog.records if "stopping" in r.getMessage()]
+    assert "1 message(s) waited for a retry" in line
+    # No handler was running: the grace period did not run out, so it is not mentioned.
+    assert "did not finish" not in line
+
+
 @pytest.mark.parametrize("how", ["PermanentError", "permanent=(ValueError,)"])
 async def test_permanent_error_is_dead_lettered_at_once(
     queue_backend_factory: RedisBackendFactory, how: str
