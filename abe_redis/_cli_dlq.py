@@ -38,12 +38,14 @@ async def _run(args: argparse.Namespace, console: Console, url: str) -> int:
 
 
 async def _keys(console: Console, dead: DeadLetters) -> int:
-    names = await dead.keys()
-    if not names:
+    # A replay of the last dead letter leaves its stream behind, empty: not a key with dead letters.
+    counts = [(name, await dead.count(name)) for name in await dead.keys()]
+    counts = [(name, count) for name, count in counts if count]
+    if not counts:
         note(Console(stderr=True), "no dead letters")
-    for name in names:
+    for name, count in counts:
         # Plain tab-separated lines on stdout: this output is meant for scripts.
-        print(f"{name}\t{await dead.count(name)}")
+        print(f"{name}\t{count}")
     return 0
 
 

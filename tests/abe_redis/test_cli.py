@@ -266,6 +266,23 @@ def test_dlq_commands_round_trip(
     assert not client.exists("orders:dead-letter")
 
 
+def test_dlq_keys_leaves_out_a_key_whose_dead_letters_were_all_replayed(
+    client: redis.Redis, redis_server: RedisEndpoint, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _dead_letter(client, "orders", "poison", b"{}")
+    _dead_letter(client, "payments", "poison", b"{}")
+    assert main(["dlq", "replay", "orders", "--url", redis_server.url]) == 0
+    assert client.xlen("orders:dead-letter") == 0  # the stream itself may be left behind, empty
+    capsys.readouterr()
+    assert main(["dlq", "keys", "--url", redis_server.url]) == 0
+    assert capsys.readouterr().out == "payments\t1\n"
+    assert main(["dlq", "replay", "payments", "--url", redis_server.url]) == 0
+    capsys.readouterr()
+    assert main(["dlq", "keys", "--url", redis_server.url]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no dead letters" in captured.err
+
+
 # -- info and tail -----------------------------------------------------------------------------
 
 
