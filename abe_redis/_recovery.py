@@ -126,11 +126,16 @@ class Recovery:
             if not pending:
                 return taken
         counts = {to_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        ids = list(counts)
+        idle = {to_str(p["message_id"]): int(p["time_since_delivered"]) for p in pending}
         sent = time.monotonic()
-        # JUSTID: restart the idle clock, leave the counter as the lost read set it.
-        claimed = await self._taker.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
-        claimed_ids = [to_str(i) for i in claimed]
+        # JUSTID: restart the idle clock, leave the counter as the lost read set it. Each entry is
+        # guarded by the idle time just seen: a peer that claimed it since the XPENDING restarted
+        # that clock, and the entry is the peer's now, not an orphan to steal back.
+        async with self._taker.pipeline(transaction=False) as pipe:
+            for entry_id, seen in idle.items():
+                pipe.xclaim(stream, self._group, self.consumer, seen, [entry_id], justid=True)
+            replies = await pipe.execute()
+        claimed_ids = [to_str(i) for reply in replies for i in reply]
         async with self._client.pipeline(transaction=False) as pipe:
             for entry_id in claimed_ids:
                 pipe.xrange(stream, min=entry_id, max=entry_id, count=1)

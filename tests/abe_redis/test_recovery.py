@@ -168,3 +168,59 @@ async def test_entries_of_a_read_cut_short_by_a_shutdown_are_released_uncounted(
         await rescuer.aclose()
     assert message == {"n": 1}
     assert message.delivery_count == 1
+
+
+async def test_taking_back_an_orphan_never_steals_what_a_peer_claims_meanwhile(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulator seed 8: an entry of a read whose reply was lost sits in this consumer's pending
+    list, idle, held by nobody. This consumer's XPENDING finds it as an orphan while a peer's
+    sweep claims it; taking it back with min-idle 0 stole it from the peer, and both handed it
+    out, this consumer with the lower count."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    entry_id = (await client.xadd("orphan", {"payload": b'{"n": 1}'})).decode()
+    await client.xgroup_create("orphan", "g", id="0")
+    await client.xreadgroup("g", "mine", {"orphan": ">"}, count=1)  # its reply "lost": not leased
+    await asyncio.sleep(0.1)
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    recovery = Recovery(client, client, backend.config, group="g", leases=leases, membership_ttl_ms=1000)
+    take_back = Recovery._take_back
+
+    async def peer_claims_meanwhile(self: Recovery, stream: str, pending: list[dict[str, Any]]) -> Any:
+        await client.xclaim(stream, "g", "peer", 50, [entry_id])
+        return await take_back(self, stream, pending)
+
+    monkeypatch.setattr(Recovery, "_take_back", peer_claims_meanwhile)
+    assert await recovery.own_pending(["orphan"], 10, counted=False) == []
+    assert recovery.collect() == []
+    assert not leases.holds("orphan", entry_id)
+    [pending] = await client.xpending_range("orphan", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"peer", 2)
+
+
+async def test_an_orphan_nobody_claimed_is_taken_back_uncounted(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The guard must not skip a true orphan: idle since the lost read, it is taken back with its
+    count as the read set it."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    entry_id = (await client.xadd("orphan", {"payload": b'{"n": 1}'})).decode()
+    await client.xgroup_create("orphan", "g", id="0")
+    await client.xreadgroup("g", "mine", {"orphan": ">"}, count=1)
+    await asyncio.sleep(0.05)
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    recovery = Recovery(client, client, backend.config, group="g", leases=leases, membership_ttl_ms=1000)
+    [taken] = await recovery.own_pending(["orphan"], 10, counted=False)
+    assert (taken.entry_id, taken.count, taken.fields) == (entry_id, 1, {b"payload": b'{"n": 1}'})
+    assert leases.holds("orphan", entry_id)
+    [pending] = await client.xpending_range("orphan", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
+    assert pending["time_since_delivered"] < 50  # taken back: its idle clock restarted
