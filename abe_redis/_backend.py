@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
@@ -69,7 +70,9 @@ class RedisStreamsBackend:
             if self._partitions is not None
             else StreamRegistry(self._client, self._config)
         )
-        self._cluster_ready = False
+        # A cluster client opens at most max_connections per node and fails the command past
+        # that (it never waits, unlike the single-server pool): concurrent publishes take turns.
+        self._cluster_sends = asyncio.Semaphore(self._config.max_connections)
         self._registered: dict[str, float] = {}
         self._readers: weakref.WeakSet[GroupReader | ClusterReader] = weakref.WeakSet()
         self._registry_warned = False
@@ -126,8 +129,6 @@ class RedisStreamsBackend:
         config = self._config
         stream = self._stream_for(key)
         fields: dict[Any, Any] = {PAYLOAD_FIELD: encode_payload(payload)}
-        if self._partitions is not None and not self._cluster_ready:
-            await self._load_slot_map()
         now = time.monotonic()
         registered = self._registered.get(stream)
         secrets = (config.password,)
@@ -167,8 +168,6 @@ class RedisStreamsBackend:
                 ) from None
         if not batch:
             return []
-        if self._partitions is not None and not self._cluster_ready:
-            await self._load_slot_map()
         if config.wait_replicas:
             return await self._publish_replicated(stream, batch)
         now = time.monotonic()
@@ -192,11 +191,11 @@ class RedisStreamsBackend:
         the Key placement section of docs/scaling.md). ``ReceivedMessage.stream`` is this name."""
         return self._stream_for(key)
 
-    async def _load_slot_map(self) -> None:
-        # Once, before concurrent publishes race to do it: redis-py 8.1's RedisCluster, first
-        # used by many tasks at once, can write on a connection it has just closed.
-        await fatal_or_raise(self._client.initialize(), secrets=(self._config.password,))
-        self._cluster_ready = True
+    def registry_key_for(self, stream: str) -> str:
+        """The registry set that lists ``stream`` (in a Redis Cluster, its partition's)."""
+        if self._partitions is None:
+            return str(self._config.registry_key)
+        return str(self._partitions.partition(stream).config.registry_key)
 
     def _stream_for(self, key: object) -> str:
         """``key`` checked as a stream to publish to (``InvalidKeyError`` naming what is wrong)."""
@@ -217,11 +216,12 @@ class RedisStreamsBackend:
                 return [entry_id] if entry_id is not None else []
             return await self._publisher.xadd_many(stream, batch, maxlen=None, nomkstream=nomkstream) or []
         ids = []
-        for fields in batch:
-            added = await self._client.xadd(stream, fields, nomkstream=nomkstream)
-            if added is None:
-                return []
-            ids.append(added.decode() if isinstance(added, bytes) else str(added))
+        async with self._cluster_sends:
+            for fields in batch:
+                added = await self._client.xadd(stream, fields, nomkstream=nomkstream)
+                if added is None:
+                    return []
+                ids.append(added.decode() if isinstance(added, bytes) else str(added))
         return ids
 
     async def _published(self, stream: str) -> None:
@@ -260,7 +260,8 @@ class RedisStreamsBackend:
         # Registered only once the XADD succeeded. The message is written now: a failure to
         # register must not make the caller publish it again, so it is logged, not raised.
         try:
-            await self._registry.register(stream)
+            async with self._cluster_sends:
+                await self._registry.register(stream)
         except RedisError as exc:
             fatal = setup_error(exc, secrets=secrets)
             if not self._registry_warned:

@@ -70,7 +70,6 @@ class ClusterReader:
         group: str,
     ) -> None:
         self.group = group
-        self._client = client
         self._partitions = partitions
         config = partitions.partitions[0].config
         # One blocking read per partition may be in flight at once, all on one node at worst.
@@ -125,11 +124,6 @@ class ClusterReader:
         if self._closed:
             raise BackendClosedError("this consumer is closed (or its backend was)")
         if not self._pumps:
-            # Load the slot maps once, before the partitions' first commands race to do it:
-            # redis-py 8.1's RedisCluster, first used by many tasks at once, can write on a
-            # connection it has just closed (TypeError from asyncio's transport).
-            await self._client.initialize()
-            await self._taker_client.initialize()
             loop = asyncio.get_running_loop()
             self._pumps = [loop.create_task(self._pump(reader)) for reader in self._readers]
         while not self._ready:

@@ -211,8 +211,9 @@ async def _check_poison(backend: BackendFactory, ns: str, wait_s: float) -> Chec
     # A registry of its own, so this group sees only the poison stream.
     b = backend(registry_key=f"{ns}:poison-streams")
     client: Any = b.client
-    await client.xadd(key, {"payload": b"{not json"})
-    await client.sadd(b.config.registry_key, key)
+    stream_name = b.stream_name(key)  # in a Redis Cluster, the key with its partition's hash tag
+    await client.xadd(stream_name, {"payload": b"{not json"})
+    await b.registry.register(stream_name)
     await b.publish(key, {"after": "poison"})
     started = time.perf_counter()
     stream = b.consume(group=f"{ns}:poison-group")
@@ -221,7 +222,7 @@ async def _check_poison(backend: BackendFactory, ns: str, wait_s: float) -> Chec
             message = await asyncio.wait_for(anext(stream), wait_s)
     finally:
         await stream.aclose()
-    dead = await client.xrange(b.config.dead_letter_stream(key))
+    dead = await client.xrange(b.config.dead_letter_stream(stream_name))
     ok = dict(message) == {"after": "poison"} and len(dead) == 1
     reason = dead[0][1].get(b"reason", b"").decode() if dead else "nothing dead-lettered"
     return CheckResult("poison", ok, f"dead-lettered, not yielded ({reason})", time.perf_counter() - started)

@@ -191,11 +191,17 @@ class DeadLetters:
 
     def __init__(self, backend: RedisStreamsBackend) -> None:
         self._config = backend.config
+        self._backend = backend
         # Any: redis-py's stream reply types are unions that mypy cannot narrow usefully.
         self._client: Any = backend.client
 
+    def _stored(self, key: str) -> str:
+        """The stream a key's messages live in: in a Redis Cluster the key with its partition's
+        hash tag (a name already in that form is kept), elsewhere the key itself."""
+        return self._backend.stream_name(key) if self._config.topology == "cluster" else key
+
     def stream_for(self, key: str) -> str:
-        return self._config.dead_letter_stream(key)
+        return self._config.dead_letter_stream(self._stored(key))
 
     async def keys(self) -> list[str]:
         """Source keys that have dead letters (found by SCAN, never KEYS)."""
@@ -239,7 +245,13 @@ class DeadLetters:
         replay into another stream. A dead letter is replayed at most once, even when two
         replays of it run at the same time.
         """
-        target = to if to is not None else key
+        target = self._stored(to if to is not None else key)
+        if self._backend.registry_key_for(target) != self._backend.registry_key_for(self._stored(key)):
+            # A replay moves an entry in one transaction, which a cluster runs only in one slot.
+            raise InvalidKeyError(
+                f"cannot replay the dead letters of {key!r} to {to!r}: in a Redis Cluster the target "
+                "must be a key of the same partition (or the source key itself)"
+            )
         replayed = 0
         if ids is not None:
             for entry_id in dict.fromkeys(ids):
@@ -278,7 +290,7 @@ class DeadLetters:
                     pipe.multi()
                     if letter.fields:
                         pipe.xadd(target, letter.fields)
-                        pipe.sadd(self._config.registry_key, target)
+                        pipe.sadd(self._backend.registry_key_for(target), target)
                     pipe.xdel(stream, entry_id)
                     await pipe.execute()
                     return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -21,7 +22,7 @@ from redis.crc import key_slot
 from abe_redis import RedisStreamsBackend
 from abe_redis._partitions import Partitions, partition_of, partition_tags
 from abe_redis._topology import CLUSTER_SLOTS
-from abe_redis_testing.servers import RedisClusterHandle
+from abe_redis_testing.servers import RedisClusterHandle, RedisServer
 
 from .helpers import take
 
@@ -139,3 +140,235 @@ async def test_streams_spread_over_every_master_and_two_consumers_share_them(
     assert max(seen.values()) == 1, "no duplicates"
     assert got_a and got_b, "both consumers got a share"
     assert {m.stream for m in got_a + got_b} == set(streams)
+
+
+async def test_a_message_on_a_new_stream_ends_a_waiting_consumers_wait(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    # A long blocking wait and a slow registry poll: only the partition's notification stream,
+    # read inside the blocking XREADGROUP, can bring the message in quickly.
+    settings = {"block_ms": 20_000, "discovery_interval_ms": 60_000}
+    async with _backend(redis_cluster.url, **settings) as consumer, _backend(redis_cluster.url) as publisher:
+        stream = consumer.consume(group="g")
+        pulling = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(1.0)  # every partition's reader is now blocked
+        assert not pulling.done()
+        started = time.monotonic()
+        await publisher.publish("brand-new", {"hello": 1})
+        message = await asyncio.wait_for(pulling, 10)
+        waited = time.monotonic() - started
+        print(f"a new stream reached the waiting consumer in {waited:.3f} s (block_ms=20000)")
+        assert dict(message) == {"hello": 1} and message.stream == publisher.stream_name("brand-new")
+        assert waited < 10
+        await consumer.ack(message)
+        await stream.aclose()
+        pending = await publisher.client.xpending(message.stream, "g")
+        assert pending["pending"] == 0, "ack() acknowledged it in its own slot"
+
+
+async def test_a_message_left_unacknowledged_by_a_closed_consumer_goes_to_another(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    async with _backend(redis_cluster.url) as publisher:
+        await publisher.publish("jobs", {"job": "abandoned"})
+        async with _backend(redis_cluster.url) as first:
+            stream = first.consume(group="g")
+            message = await asyncio.wait_for(anext(stream), 10)
+            await stream.aclose()  # the handler "crashed": released, unacknowledged
+        async with _backend(redis_cluster.url) as second:
+            again_stream = second.consume(group="g")
+            again = await asyncio.wait_for(anext(again_stream), 10)
+            await again_stream.aclose()
+    assert dict(again) == dict(message) == {"job": "abandoned"}
+    assert again.message_id == message.message_id and again.delivery_count == 2
+
+
+async def test_one_consumer_holds_at_most_prefetch_entries_over_all_partitions(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    prefetch = 20
+    async with _backend(redis_cluster.url, prefetch=prefetch) as backend:
+        keys = [f"bulk:{i}" for i in range(30)]
+        for key in keys:
+            await backend.publish_many(key, [{"key": key, "n": n} for n in range(10)])
+        stream = backend.consume(group="g")
+        first = await asyncio.wait_for(anext(stream), 10)  # held; the next is not asked for
+        await asyncio.sleep(1.5)  # every partition had time to fill its share
+        client: Any = backend.client
+        held = 0
+        for key in keys:
+            held += (await client.xpending(backend.stream_name(key), "g"))["pending"]
+        print(f"held with prefetch={prefetch}: {held} of 300 published")
+        assert 0 < held <= prefetch
+        assert first["n"] == 0
+        await stream.aclose()
+
+
+def _commands(masters: list[RedisServer]) -> int:
+    """Commands the masters ran, without what the servers and this test send themselves."""
+    import redis
+
+    total = 0
+    for node in masters:
+        with redis.Redis(host=node.host, port=node.port) as client:
+            stats = client.info("commandstats")
+        for name, row in stats.items():
+            command = name.removeprefix("cmdstat_")
+            if command.split("|")[0] not in {"info", "replconf", "cluster", "ping", "command", "psync"}:
+                total += int(row["calls"])
+    return total
+
+
+async def _idle_rate(redis_cluster: RedisClusterHandle, window: float) -> float:
+    masters = redis_cluster.masters
+    before = _commands(masters)
+    await asyncio.sleep(window)
+    return (_commands(masters) - before) / window
+
+
+async def test_idle_cost_does_not_grow_with_the_number_of_streams(redis_cluster: RedisClusterHandle) -> None:
+    # Frequent sweeps, so that the one cost that depends on the streams (the sweep's XPENDING,
+    # capped at REDIS_SWEEP_STREAMS per interval for the whole consumer) shows in a short window.
+    settings = {
+        "block_ms": 1000,
+        "discovery_interval_ms": 1000,
+        "claim_idle_ms": 30_000,
+        "claim_interval_ms": 1000,
+    }
+    rates = {}
+    async with (
+        _backend(redis_cluster.url, **settings) as publisher,
+        _backend(redis_cluster.url, **settings) as consumer,
+    ):
+        stream = consumer.consume(group="g")
+        published = 0
+        pulling: asyncio.Future[Any] | None = None
+        for count in (10, 500):
+            for i in range(published, count):
+                await publisher.publish(f"quiet:{i}", {"i": i})
+            wanted = count - published
+            if pulling is not None:  # the wait left open by the last measurement
+                await asyncio.wait_for(pulling, 30)
+                wanted -= 1
+            await take(stream, wanted, wait_s=30)
+            published = count
+            # Cancelling a pending anext() would close the generator: the wait stays open.
+            pulling = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(2.5)  # discovery, first sweeps, the blocking waits
+            rates[count] = await _idle_rate(redis_cluster, 4.0)
+            assert not pulling.done()
+        assert pulling is not None
+        pulling.cancel()  # ends the generator, which closes the consumer
+        with contextlib.suppress(asyncio.CancelledError):
+            await pulling
+    config = consumer.config
+    partitions = config.cluster_partitions
+    # Per second, the whole consumer: a blocking read and a registry poll per partition, a sweep
+    # (ZRANGEBYSCORE) per partition and at most sweep_streams XPENDING per claim interval, the
+    # heartbeat (4 commands per partition per lease refresh); twice that as headroom.
+    bound = 2 * (
+        partitions / (config.block_ms / 1000)
+        + partitions / (config.discovery_interval_ms / 1000)
+        + (partitions + config.sweep_streams) / (config.effective_claim_interval_ms / 1000)
+        + 4 * partitions / (config.lease_refresh_ms / 1000)
+    )
+    print(f"idle commands/s: 10 streams {rates[10]:.1f}, 500 streams {rates[500]:.1f}, bound {bound:.0f}")
+    assert rates[10] <= bound and rates[500] <= bound
+    # 50 times the streams: only the capped sweep may add anything.
+    assert rates[500] <= rates[10] + 2 * config.sweep_streams / (config.effective_claim_interval_ms / 1000)
+
+
+def _wait_replicated(master: RedisServer, replicas: list[RedisServer]) -> None:
+    """Until every replica has processed the master's whole replication stream."""
+    import redis
+
+    with redis.Redis(host=master.host, port=master.port) as client:
+        offset = int(client.info("replication")["master_repl_offset"])
+    for replica in replicas:
+        with redis.Redis(host=replica.host, port=replica.port) as client:
+            for _ in range(100):
+                if int(client.info("replication").get("slave_repl_offset", -1)) >= offset:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"replica {replica.port} did not catch up with {master.port}")
+
+
+async def test_consumption_continues_after_a_master_fails_over(redis_cluster: RedisClusterHandle) -> None:
+    keys = [f"orders:{i}" for i in range(30)]
+    # Replication is asynchronous: the test waits until the replica has everything published
+    # before the kill, so that a failover cannot lose it. Acknowledgements are not waited for:
+    # one lost with the master means a redelivery, counted below, never a loss.
+    async with _backend(redis_cluster.url) as publisher:
+        for n in range(4):
+            for key in keys:
+                await publisher.publish(key, {"key": key, "n": n})
+        victim_stream = publisher.stream_name(keys[0])
+        on_victim = {
+            k
+            for k in keys
+            if redis_cluster.master_for(publisher.stream_name(k)) is redis_cluster.master_for(victim_stream)
+        }
+        seen: Counter[tuple[str, int]] = Counter()
+        async with _backend(redis_cluster.url) as consumer:
+            stream = consumer.consume(group="g")
+            for message in await take(stream, 60):
+                seen[message["key"], message["n"]] += 1
+            master = redis_cluster.master_for(victim_stream)
+            for _ in range(100):  # a freshly booted cluster may not list the replica yet
+                if redis_cluster.replicas_of(master):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(_wait_replicated, master, redis_cluster.replicas_of(master))
+            started = time.monotonic()
+            await asyncio.to_thread(redis_cluster.kill_master, victim_stream)
+            failover_s = time.monotonic() - started
+            for key in keys:  # publishing goes on, to the promoted replica too
+                await publisher.publish(key, {"key": key, "n": 4})
+            deadline = time.monotonic() + 30
+            while len(seen) < 150 and time.monotonic() < deadline:
+                message = await asyncio.wait_for(anext(stream), deadline - time.monotonic())
+                seen[message["key"], message["n"]] += 1
+            await stream.aclose()
+    duplicates = sum(seen.values()) - len(seen)
+    print(
+        f"failover of the master of {len(on_victim)} of {len(keys)} keys took {failover_s:.1f} s; "
+        f"{len(seen)} of 150 delivered, {duplicates} delivered twice"
+    )
+    assert len(seen) == 150, f"lost: {sorted(set((k, n) for k in keys for n in range(5)) - set(seen))}"
+
+
+async def test_verify_streams_and_dead_letters_commands_work_on_a_cluster(
+    redis_cluster: RedisClusterHandle, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from abe_redis import DeadLetters
+    from abe_redis._verify import run_verify
+    from abe_redis.cli import main
+
+    report = await run_verify(url=redis_cluster.url, count=200, keys=8, consumers=2, wait_s=20, environ={})
+    assert report.ok, report.checks
+
+    url = redis_cluster.url
+    async with _backend(url) as backend:
+        await backend.publish("keep", {"n": 1})
+        await backend.publish("old", {"n": 1})
+        assert await asyncio.to_thread(main, ["streams", "retire", "old", "--url", url]) == 0
+        assert await asyncio.to_thread(main, ["streams", "list", "--url", url]) == 0
+        out = capsys.readouterr().out
+        assert f"{backend.stream_name('keep')}\n" in out and f"{backend.stream_name('old')} (retired)" in out
+
+        # A poison entry, dead-lettered by a consumer, then replayed by its user key.
+        client: Any = backend.client
+        await client.xadd(backend.stream_name("keep"), {"payload": b"{not json"})
+        stream = backend.consume(group="g")
+        assert dict(await asyncio.wait_for(anext(stream), 10)) == {"n": 1}
+        await stream.aclose()
+        letters = DeadLetters(backend)
+        assert await letters.keys() == [backend.stream_name("keep")]
+        assert await letters.count("keep") == 1
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["dlq", "keys", "--url", url]) == 0
+        assert await asyncio.to_thread(main, ["dlq", "count", "keep", "--url", url]) == 0
+        assert capsys.readouterr().out.split() == [backend.stream_name("keep"), "1", "1"]
+        assert await letters.replay("keep") == 1
+        assert await client.xlen(backend.stream_name("keep")) == 3
