@@ -288,11 +288,13 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
         # redis-py's idle health check reads its PING reply out of order from a fake socket;
         # the simulation drops idle connections its own way (restart, partition).
         kwargs["health_check_interval"] = 0
-        # No CLIENT SETINFO after each connect: two commands a reconnect whose replies redis-py
-        # ignores (HELLO still runs, and faults still hit the handshake through it).
+        # No CLIENT SETINFO nor CLIENT MAINT_NOTIFICATIONS after each connect: three commands a
+        # reconnect whose replies redis-py ignores (the fake knows no maintenance events). HELLO
+        # still runs, and faults still hit the handshake through it.
         kwargs["driver_info"] = None
-        kwargs.pop("lib_name", None)
-        kwargs.pop("lib_version", None)
+        kwargs["maint_notifications_config"] = None
+        for name in ("lib_name", "lib_version", "maint_notifications_pool_handler"):
+            kwargs.pop(name, None)
         return SimConnection(network=network, node=current_node.get(), **kwargs)
 
     database_class: Any = Database

@@ -2,7 +2,7 @@
 
 Run it as a script (it is a benchmark, not a test)::
 
-    .venv/bin/python tests/abe_redis_testing/simulation/speed.py [--seeds 40] [--messages 200]
+    .venv/bin/python tests/abe_redis_testing/simulation/speed.py [--seeds 40] [--messages 200] [--repeat 3]
 
 It runs the seeds one after another in this process and prints, per mix, schedules/s by CPU
 time (what one core manages, whatever else the machine runs) and by wall time, with the
@@ -24,15 +24,20 @@ MIXES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def measure(workload: str, faults: tuple[str, ...], seeds: int, messages: int) -> str:
+def measure(workload: str, faults: tuple[str, ...], seeds: int, messages: int, repeat: int) -> str:
     run_seed(10_000, workload=workload, faults=faults, messages=messages)  # imports, first-run setup
-    cpu, wall = time.process_time(), time.perf_counter()
-    commands = iterations = 0
-    for seed in range(seeds):
-        result = run_seed(seed, workload=workload, faults=faults, messages=messages)
-        commands += result.stats["commands"]
-        iterations += result.stats["loop_iterations"]
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    best_cpu = best_wall = float("inf")
+    for _ in range(repeat):
+        cpu, wall = time.process_time(), time.perf_counter()
+        commands = iterations = 0
+        for seed in range(seeds):
+            result = run_seed(seed, workload=workload, faults=faults, messages=messages)
+            commands += result.stats["commands"]
+            iterations += result.stats["loop_iterations"]
+        # The best of the repeats: on a shared machine the others measure the neighbours too.
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    cpu, wall = best_cpu, best_wall
     spec = "all" if faults else "none"
     return (
         f"{workload:>8} --faults {spec:<4}  {seeds / cpu:6.1f} schedules/s (CPU)  {seeds / wall:6.1f} (wall)"
@@ -44,9 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--messages", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=1, help="run the seeds this many times, keep the best")
     args = parser.parse_args()
     for workload, faults in MIXES:
-        print(measure(workload, faults, args.seeds, args.messages), flush=True)
+        print(measure(workload, faults, args.seeds, args.messages, args.repeat), flush=True)
 
 
 if __name__ == "__main__":
