@@ -13,7 +13,7 @@ from ._ledger import Delivery, Ledger, Recovery, Tally, recovery, tally, through
 from ._profiles import PROFILES, ClientSettings, Profile
 from ._report import markdown_table, summary_markdown, throughput_svg, write_report
 from ._result import ScenarioResult
-from ._scenarios import SCENARIOS, Context, Scenario, run_scenario
+from ._scenarios import SCENARIOS, Context, Scenario, run_scenario, scenarios_of
 
 __all__ = [
     "PROFILES",
@@ -34,6 +34,7 @@ __all__ = [
     "markdown_table",
     "recovery",
     "run_scenario",
+    "scenarios_of",
     "summary_markdown",
     "tally",
     "throughput",

@@ -20,7 +20,7 @@ from ._harness import ChaosSetupError, Environment
 from ._profiles import PROFILES, SETTINGS
 from ._report import recovery_text, rich_table, write_report
 from ._result import ScenarioResult
-from ._scenarios import SCENARIOS, Context, run_scenario
+from ._scenarios import SCENARIOS, Context, run_scenario, scenarios_of
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,9 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False, highlight=False)
     if args.list:
         for scenario in SCENARIOS.values():
-            console.print(Text(f"{scenario.name:14} {scenario.summary}"))
+            profiles = ", ".join(sorted(scenario.profiles))
+            console.print(Text(f"{scenario.name:22} {scenario.summary} [{profiles}]"))
         return EXIT_OK
-    names = list(dict.fromkeys(args.scenario)) if args.scenario else list(SCENARIOS)
+    names = list(dict.fromkeys(args.scenario)) if args.scenario else scenarios_of(args.profile)
     profile = PROFILES[args.profile]
     settings = SETTINGS
     if args.claim_idle_ms is not None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import traceback
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -260,6 +261,12 @@ def capture_logs(counter: LogCounter, logger_name: str = "abe_redis") -> Iterato
         logger.propagate = saved[1]
 
 
+def found_last(batch: Any) -> str:
+    """The id of the last entry of an ``XRANGE`` reply, as text."""
+    raw_id = batch[-1][0]
+    return raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+
+
 def _id_key(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
@@ -287,6 +294,9 @@ class Workload:
         outage: bool,
         consumers: int | None = None,
         side_url: str | None = None,
+        backend_overrides: dict[str, Any] | None = None,
+        lost_allowed: int = 0,
+        check_stream: bool = False,
     ) -> None:
         self.name = name
         self.url = url
@@ -299,9 +309,22 @@ class Workload:
         self.registry_key = f"chaos:{name}:{tag}:registry"
         self.group = "chaos"
         self.ledger = Ledger()
+        self.backend_overrides = dict(backend_overrides or {})
+        """Settings every backend of the run gets (e.g. ``wait_replicas``)."""
+        self.check_stream = check_stream
+        """Read the stream back after the run: a returned publish whose entry is not there was
+        lost by Redis (a failover to a replica that never received it), not by a consumer."""
+        self.stream_key: str | None = None
+        """The key the stream is stored under, if the backend renames it (cluster hash tags)."""
         self.result = ScenarioResult(
-            name, fault, recovery_bound_s=recovery_bound_s, outage=outage, consumers=self.consumers
+            name,
+            fault,
+            recovery_bound_s=recovery_bound_s,
+            outage=outage,
+            consumers=self.consumers,
+            lost_allowed=lost_allowed,
         )
+        self._gone: set[int] = set()
         self._t0 = time.monotonic()
         self._logs = LogCounter(self.now)
         self._cpu_start = 0.0
@@ -324,6 +347,7 @@ class Workload:
         """A backend on this workload's stream (closed at the end of the run)."""
         kwargs = self.settings.backend_kwargs()
         kwargs.update(streams=(self.stream,), registry_key=self.registry_key, consumer_group=self.group)
+        kwargs.update(self.backend_overrides)
         kwargs.update(overrides)
         backend = RedisStreamsBackend.from_url(url or self.url, **kwargs)
         backend.metrics = self.metrics
@@ -356,7 +380,7 @@ class Workload:
         self._check_complete()
 
     def _check_complete(self) -> None:
-        if self._producer_done and self.ledger.outstanding == 0:
+        if self._producer_done and not self.ledger.undelivered - self._gone:
             self._complete.set()
 
     def fault_started(self, at: float | None = None) -> None:
@@ -404,6 +428,8 @@ class Workload:
             # consume() is documented to survive connection loss and group deletion; a consumer
             # that dies under a fault is a finding, whatever the other consumers manage.
             self.result.fail(f"consumer {label} crashed at {self.now():.2f} s: {type(exc).__name__}: {exc}")
+            trace = "".join(traceback.format_exception(exc))[-3000:]
+            self.result.extra.setdefault("consumer_tracebacks", []).append(redact_url(trace))
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -439,6 +465,8 @@ class Workload:
         await asyncio.sleep(self.profile.post_s)
         self._stop_producer.set()
         await asyncio.gather(*producers)
+        if self.check_stream:
+            await self._read_back()
         self._producer_done = True
         self._check_complete()
         bound = self.result.recovery_bound_s or 0.0
@@ -450,6 +478,39 @@ class Workload:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(10.0):
                     await self._diagnose_undelivered()
+
+    async def stream_contents(self) -> dict[int, str]:
+        """Message number -> entry id of every entry in the stream now (read through a backend's
+        client, so through Sentinel or a cluster client as the workload's URL says)."""
+        backend = self.backend(retention="off")
+        key = self.stream_key or self.stream
+        found: dict[int, str] = {}
+        start = "-"
+        while True:
+            batch: Any = await backend.client.xrange(key, min=start, max="+", count=1000)
+            for raw_id, fields in batch:
+                entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                payload = fields.get(b"payload", fields.get("payload", b"{}"))
+                found.setdefault(int(json.loads(payload).get("n", -1)), entry_id)
+            if len(batch) < 1000:
+                return found
+            ms, _, seq = found_last(batch).partition("-")
+            start = f"{ms}-{int(seq) + 1}"
+
+    async def _read_back(self) -> None:
+        """After the producer stopped: which returned publishes are not in the stream at all.
+        Those are not waited for; with no consumers, the stream's entries count as delivered."""
+        async with asyncio.timeout(15.0):
+            present = await self.stream_contents()
+        gone = sorted(msg for msg in self.ledger.published if msg not in present)
+        self._gone = set(gone)
+        self.result.gone = len(gone)
+        self.result.extra["gone_ids"] = gone[:20]
+        handled = {d.msg for d in self.ledger.deliveries}
+        self.result.extra["gone_but_delivered"] = sum(1 for msg in gone if msg in handled)
+        if self.consumers == 0:
+            for msg, entry_id in present.items():
+                self.record("stream", msg, entry_id)
 
     async def _diagnose_undelivered(self) -> None:
         """Tell *late* from *gone*: is each undelivered message in the stream, and pending for a
@@ -516,8 +577,14 @@ class Workload:
     def _judge_delivery(self) -> None:
         r, t = self.result, self.result.tally
         assert t is not None
-        if t.lost:
-            r.fail(f"{t.lost} message(s) published successfully were not delivered by the end of the run")
+        if t.lost > r.lost_allowed:
+            allowance = f" (at most {r.lost_allowed} allowed)" if r.lost_allowed else ""
+            r.fail(
+                f"{t.lost} message(s) published successfully were not delivered by the end of the run"
+                + allowance
+            )
+        if r.gone is not None and r.gone > r.lost_allowed:
+            r.fail(f"{r.gone} returned publish(es) are not in the stream (at most {r.lost_allowed} allowed)")
         if t.unknown:
             r.fail(f"{t.unknown} delivered message(s) were never published")
         if t.published == 0:

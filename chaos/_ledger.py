@@ -63,6 +63,11 @@ class Ledger:
         """Publishes that returned and have not been delivered yet."""
         return len(self._undelivered)
 
+    @property
+    def undelivered(self) -> frozenset[int]:
+        """The message numbers behind :attr:`outstanding`."""
+        return frozenset(self._undelivered)
+
     def history(self) -> History:
         """What was recorded, for the shared checker. A chaos delivery has no handler end (the
         consumer process reports hand-overs only), so concurrency is not judged from it."""

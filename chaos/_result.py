@@ -39,6 +39,12 @@ class ScenarioResult:
     bin_s: float = 0.25
     delivered_per_bin: list[int] = field(default_factory=list)
     published_per_bin: list[int] = field(default_factory=list)
+    lost_allowed: int = 0
+    """Returned publishes that may go undelivered without failing the run: 0, except where a
+    scenario documents a loss it cannot prevent (a failover without ``WAIT``) and its bound."""
+    gone: int | None = None
+    """Returned publishes whose entry was not in the stream after the run (lost by Redis, not by
+    a consumer); None when the stream was not read back."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, problem: str) -> None:

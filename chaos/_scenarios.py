@@ -26,6 +26,7 @@ from abe_redis._delivery import MAX_BACKOFF_S  # how long a consumer may wait be
 from abe_redis_testing.faults import FaultProxy
 from abe_redis_testing.servers import RedisServer, ServerBinaryNotFound, redact_url
 
+from . import _failover
 from ._harness import Environment, Workload, start_local_server
 from ._ledger import first_delivery_after
 from ._profiles import ClientSettings, Profile
@@ -55,6 +56,7 @@ class Context:
 
 
 ScenarioFn = Callable[[Context], Awaitable[ScenarioResult]]
+NIGHTLY = frozenset({"long"})
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class Scenario:
     name: str
     summary: str
     run: ScenarioFn
+    profiles: frozenset[str] = frozenset({"quick", "long"})
+    """The profiles that run it when no ``--scenario`` is named."""
 
 
 async def _cleanup_keys(url: str, workload: Workload) -> None:
@@ -411,6 +415,9 @@ async def group_destroy(ctx: Context) -> ScenarioResult:
     return result
 
 
+_sentinel, _sentinel_wait = _failover.variants(_failover.sentinel_failover)
+_cluster, _cluster_wait = _failover.variants(_failover.cluster_failover)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -426,8 +433,35 @@ SCENARIOS: dict[str, Scenario] = {
             "consumer-kill", "consumer process SIGKILL mid-handler, reclaimed by XAUTOCLAIM", consumer_kill
         ),
         Scenario("group-destroy", "XGROUP DESTROY under a running consumer group", group_destroy),
+        Scenario(
+            "sentinel-failover",
+            "Sentinel: master killed while its replica lags, replica promoted (no WAIT)",
+            _sentinel,
+        ),
+        Scenario(
+            "sentinel-failover-wait",
+            "the same with REDIS_WAIT_REPLICAS=1: no acknowledged publish lost",
+            _sentinel_wait,
+        ),
+        Scenario(
+            "cluster-failover",
+            "Cluster: a stream's master killed while its replica lags, replica promoted (no WAIT)",
+            _cluster,
+            NIGHTLY,
+        ),
+        Scenario(
+            "cluster-failover-wait",
+            "the same with REDIS_WAIT_REPLICAS=1",
+            _cluster_wait,
+            NIGHTLY,
+        ),
     )
 }
+
+
+def scenarios_of(profile: str) -> list[str]:
+    """The scenarios a profile runs when none is named."""
+    return [name for name, scenario in SCENARIOS.items() if profile in scenario.profiles]
 
 
 async def run_scenario(scenario: Scenario, ctx: Context) -> ScenarioResult:

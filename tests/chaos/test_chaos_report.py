@@ -71,17 +71,18 @@ def _results() -> list[ScenarioResult]:
 def test_markdown_table_has_a_row_per_scenario_with_the_figures() -> None:
     lines = markdown_table(_results()).splitlines()
     assert lines[0] == (
-        "| scenario | fault | published | delivered | duplicates | lost | recovery | verdict |"
+        "| scenario | fault | published | delivered | duplicates | lost | not in stream | recovery "
+        "| verdict |"
     )
-    assert lines[1].count("---") == 8
+    assert lines[1].count("---") == 9
     assert len(lines) == 5
     down, limit, kill = lines[2:]
     assert down == (
-        "| proxy-down | proxy down \\| 2 s | 300 (+7 failed, 4 delivered) | 300 | 3 | 0 "
+        "| proxy-down | proxy down \\| 2 s | 300 (+7 failed, 4 delivered) | 300 | 3 | 0 | — "
         "| 0.40 s / 1.25 s (≤ 7.3 s) | PASS |"
     )
-    assert "| 2 | 0.00 s / — (≤ 7.3 s) | FAIL |" in limit
-    assert kill.endswith("| — | — | — | — | — | skip |")
+    assert "| 2 | — | 0.00 s / — (≤ 7.3 s) | FAIL |" in limit
+    assert kill.endswith("| — | — | — | — | — | — | skip |")
 
 
 def test_write_report_writes_summary_json_and_svg(tmp_path: Path) -> None:
@@ -167,4 +168,5 @@ def test_the_terminal_table_fits_80_columns_and_shows_failed_publishes_that_arri
     assert "proxy-down" in text and "limit-data" in text
     # The published cell folds within its column: "300 (+7 / failed, 4 / delivered)".
     cells = "".join(line.split("│")[2].strip() for line in lines if line.count("│") > 2)
-    assert "300 (+7failed, 4delivered)" in cells
+    # Where it folds depends on how wide the longest scenario name leaves the column.
+    assert "300(+7failed,4delivered)" in cells.replace(" ", "")
