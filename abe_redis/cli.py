@@ -279,6 +279,7 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="N",
         help="run the first N seeds twice; traces must match",
     )
+    simulate.add_argument("--jobs", type=int, default=1, help="worker processes to spread the seeds over")
     simulate.add_argument("--json", default="abe-redis-simulate.json", help="where to write the report")
     simulate.set_defaults(run=_run_simulate)
 
