@@ -7,9 +7,13 @@ so the runtime package never imports fakeredis for its other commands.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +47,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         failing = _categories(args.fail_on)
         if args.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {args.workload!r}; choose from {', '.join(WORKLOADS)}")
-        if args.seeds < 1 or args.messages < 1:
-            raise ValueError("--seeds and --messages must be positive")
+        if args.seeds < 1 or args.messages < 1 or getattr(args, "jobs", 1) < 1:
+            raise ValueError("--seeds, --messages and --jobs must be positive")
     except ValueError as exc:
         console.print(f"[red]abe-redis simulate: {escape(str(exc))}[/red]")
         return 2
@@ -84,8 +88,26 @@ def _print_result(console: Console, result: SimulationResult) -> None:
                 console.print(f"      {escape(example)}", highlight=False)
 
 
+def _run_one(options: dict[str, Any], seed: int) -> SimulationResult:
+    return run_seed(seed, **options)
+
+
+def _results(seeds: range, options: dict[str, Any], jobs: int) -> Iterator[SimulationResult]:
+    """The seeds' results in seed order, run here or spread over ``jobs`` worker processes (a
+    seed's schedule does not depend on the process it runs in, nor on the seeds before it)."""
+    if jobs == 1:
+        for seed in seeds:
+            yield run_seed(seed, **options)
+        return
+    # fork: the workers start with everything imported; elsewhere fork is not safe.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with context.Pool(jobs) as pool:
+        yield from pool.imap(functools.partial(_run_one, options), seeds)
+
+
 def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -> int:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    jobs = getattr(args, "jobs", 1)
     results: list[SimulationResult] = []
     started = time.perf_counter()
     progress = Progress(
@@ -100,8 +122,7 @@ def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -
     with progress:
         task = progress.add_task("seeds", total=len(seeds), failing=0)
         failing = 0
-        for seed in seeds:
-            result = run_seed(seed, **options)
+        for result in _results(seeds, options, jobs):
             results.append(result)
             failing += not result.ok
             progress.update(task, advance=1, failing=failing, refresh=True)
@@ -116,7 +137,10 @@ def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -
             if count:
                 by_category[category] += count
                 seeds_with[category] += 1
-    table = Table(title=f"{len(results)} schedules, {rate:.1f} schedules/s ({args.messages} messages each)")
+    on = "" if jobs == 1 else f" on {jobs} processes"
+    table = Table(
+        title=f"{len(results)} schedules, {rate:.1f} schedules/s{on} ({args.messages} messages each)"
+    )
     table.add_column("anomaly")
     table.add_column("total", justify="right")
     table.add_column("seeds", justify="right")
@@ -156,6 +180,7 @@ def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -
         "failing_categories": sorted(options["failing"]),
         "wall_seconds": round(elapsed, 3),
         "schedules_per_second": round(rate, 2),
+        "jobs": jobs,
         "failed_seeds": [r.seed for r in failed],
         "anomalies": dict(by_category),
         "seeds_with_anomaly": dict(seeds_with),

@@ -28,6 +28,21 @@ def test_a_passing_run_reports_speed_and_determinism(
     assert len({r["trace_sha256"] for r in data["results"]}) == 3
 
 
+def test_seeds_spread_over_processes_give_the_same_traces_in_seed_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reports = {jobs: tmp_path / f"jobs{jobs}.json" for jobs in (1, 2)}
+    for jobs, report in reports.items():
+        argv = ["simulate", "--seeds", "4", "--workload", "fast", "--faults", "lost-reply,kill"]
+        assert main([*argv, "--jobs", str(jobs), "--json", str(report)]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "schedules/s on 2 processes" in out
+    runs = {jobs: json.loads(report.read_text()) for jobs, report in reports.items()}
+    assert [r["seed"] for r in runs[2]["results"]] == [0, 1, 2, 3]
+    assert [r["trace_sha256"] for r in runs[2]["results"]] == [r["trace_sha256"] for r in runs[1]["results"]]
+    assert runs[2]["jobs"] == 2
+
+
 def test_a_failing_run_names_the_first_failing_seed_and_how_to_replay_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -71,3 +86,6 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -
     assert main(["simulate", "--faults", "meteor"]) == 2
     assert "unknown fault kinds" in capsys.readouterr().out
     assert main(["simulate", "--fail-on", "dupes"]) == 2
+    assert "unknown categories" in capsys.readouterr().out
+    assert main(["simulate", "--jobs", "0"]) == 2
+    assert "--jobs must be positive" in capsys.readouterr().out
