@@ -109,6 +109,13 @@ def build_client(config: RedisConfig) -> Redis:
             "not set: name the Redis server (REDIS_URL, url=... or from_url()); abe-redis never "
             "falls back to localhost:6379",
         )
+    if config.topology == "cluster":
+        # redis-py's cluster client fails a command past its per-node limit instead of waiting.
+        # A consumer runs a reader per partition, each with at most two commands in flight on
+        # this client (its loop and its lease/heartbeat task), possibly all on one node.
+        return _topology_client(
+            config, max_connections=config.max_connections + 2 * config.cluster_partitions
+        )
     if config.topology != "standalone":
         return _topology_client(config)
     url, kwargs = _pool_kwargs(config)

@@ -372,3 +372,84 @@ async def test_verify_streams_and_dead_letters_commands_work_on_a_cluster(
         assert capsys.readouterr().out.split() == [backend.stream_name("keep"), "1", "1"]
         assert await letters.replay("keep") == 1
         assert await client.xlen(backend.stream_name("keep")) == 3
+
+
+def _reshard(cluster: RedisClusterHandle, slot: int, target: RedisServer, pause_s: float) -> int:
+    """Move ``slot`` to ``target`` the way redis-cli does, one key at a time, so that readers meet
+    the slot half-moved (ASK, TRYAGAIN); returns how many keys moved."""
+    import redis
+
+    def node(server: RedisServer) -> redis.Redis:
+        return redis.Redis(host=server.host, port=server.port, decode_responses=True)
+
+    source = cluster.master_for(slot)
+    with node(source) as src, node(target) as dst:
+        source_id, target_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1):
+            src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause_s)
+    for master in cluster.masters:
+        with node(master) as client:
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    for _ in range(100):
+        if cluster.master_for(slot) is target:
+            break
+        time.sleep(0.05)
+    return moved
+
+
+async def test_consumption_continues_while_a_partitions_slot_moves_to_another_master(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    keys = [f"orders:{i}" for i in range(40)]
+    async with _backend(redis_cluster.url) as publisher, _backend(redis_cluster.url) as consumer:
+        for key in keys:
+            await publisher.publish(key, {"key": key, "n": 0})
+        partition = publisher._partitions.partition(publisher.stream_name(keys[0]))  # type: ignore[union-attr]
+        slot = key_slot(partition.tag.encode())
+        source = redis_cluster.master_for(slot)
+        target = next(m for m in redis_cluster.masters if m is not source)
+        in_partition = [k for k in keys if publisher.stream_name(k).endswith(f"{{{partition.tag}}}")]
+        stream = consumer.consume(group="g")
+        seen: Counter[tuple[str, int]] = Counter()
+        for message in await take(stream, 20):
+            seen[message["key"], message["n"]] += 1
+        moving = asyncio.create_task(asyncio.to_thread(_reshard, redis_cluster, slot, target, 0.1))
+        n = 1
+        # (A timed-out wait_for(anext(...)) would close the generator: one pull stays open.)
+        pulling = asyncio.ensure_future(anext(stream))
+        while not moving.done():  # publishing and consuming go on while the slot moves
+            for key in in_partition:
+                await publisher.publish(key, {"key": key, "n": n})
+            n += 1
+            await asyncio.wait({pulling}, timeout=0.2)
+            if pulling.done():
+                message = pulling.result()
+                seen[message["key"], message["n"]] += 1
+                pulling = asyncio.ensure_future(anext(stream))
+        moved = await moving
+        message = await asyncio.wait_for(pulling, 10)
+        seen[message["key"], message["n"]] += 1
+        for key in keys:
+            await publisher.publish(key, {"key": key, "n": n})
+        expected = (
+            {(k, 0) for k in keys}
+            | {(k, i) for k in in_partition for i in range(1, n)}
+            | {(k, n) for k in keys}
+        )
+        deadline = time.monotonic() + 20
+        while set(seen) < expected and time.monotonic() < deadline:
+            message = await asyncio.wait_for(anext(stream), deadline - time.monotonic())
+            seen[message["key"], message["n"]] += 1
+        await stream.aclose()
+    print(
+        f"moved slot {slot} ({moved} keys, {len(in_partition)} streams of the partition) from "
+        f"{source.port} to {target.port}; {len(seen)} of {len(expected)} delivered, "
+        f"{sum(seen.values()) - len(seen)} twice"
+    )
+    assert moved >= len(in_partition) and redis_cluster.master_for(slot) is target
+    assert set(seen) == expected
