@@ -453,3 +453,39 @@ async def test_consumption_continues_while_a_partitions_slot_moves_to_another_ma
     )
     assert moved >= len(in_partition) and redis_cluster.master_for(slot) is target
     assert set(seen) == expected
+
+
+async def test_the_consumer_runner_retries_dead_letters_and_drains_on_a_cluster(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    from abe_redis import DeadLetters, ReceivedMessage, RedisConsumer
+
+    async with _backend(redis_cluster.url, max_deliveries=3) as backend:
+        keys = [f"jobs:{i}" for i in range(12)]
+        for key in keys:
+            for n in range(5):
+                await backend.publish(key, {"key": key, "n": n})
+        handled: Counter[tuple[str, int]] = Counter()
+        attempts: list[int] = []
+
+        async def handler(message: ReceivedMessage) -> None:
+            if message["key"] == "jobs:0" and message["n"] == 0:
+                attempts.append(message.delivery_count)
+                raise RuntimeError("always fails")
+            handled[message["key"], message["n"]] += 1
+
+        consumer = RedisConsumer(backend, group="g", concurrency=4, retry_delay_s=0.05, jitter=0)
+        running = asyncio.create_task(consumer.run(handler))
+        letters = DeadLetters(backend)
+        for _ in range(400):  # up to 20 s
+            if len(handled) == 59 and await letters.count("jobs:0") == 1:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(consumer.shutdown(), 10)
+        await asyncio.wait_for(running, 10)
+        [letter] = await letters.entries("jobs:0")
+    assert len(handled) == 59 and max(handled.values()) == 1
+    assert attempts == [1, 2, 3], "the delivery count is the attempt number, kept in the partition"
+    assert letter.payload == {"key": "jobs:0", "n": 0} and letter.stream == backend.config.dead_letter_stream(
+        backend.stream_name("jobs:0")
+    )
