@@ -114,6 +114,7 @@ class GroupReader:
         registry: StreamRegistry,
         on_close: Callable[[], None] | None = None,
         taker: Any = None,
+        in_use: Callable[[], bool] | None = None,
     ) -> None:
         # Any: redis-py types stream replies as wide unions that depend on RESP version and
         # decode_responses; the shapes are normalised by stream_entries() instead.
@@ -131,6 +132,9 @@ class GroupReader:
         # The client for commands that take entries; by default a connection of its own,
         # opened at start (a Redis Cluster consumer passes a non-retrying cluster client).
         self._given_taker = taker
+        # Whether the caller still iterates; by default, whether the task that last asked for a
+        # message is alive (a merging reader that asks from tasks of its own passes its caller's).
+        self._caller_alive = in_use
         self._taker: Any = None
         self._leases: LeaseTable | None = None
         self._acks: AckQueue | None = None
@@ -650,6 +654,8 @@ class GroupReader:
         """False once the task iterating this consumer has ended without closing it (cancelled,
         say, while the generator is kept referenced): such a consumer is dead, and its leases
         must lapse so that peers claim its messages after ``claim_idle_ms``."""
+        if self._caller_alive is not None:
+            return self._caller_alive()
         return self._iterating is None or not self._iterating.done()
 
     # -- leaving -------------------------------------------------------------------------
