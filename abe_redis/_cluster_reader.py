@@ -54,6 +54,10 @@ class _SharedTaker:
     async def xclaim(self, *args: Any, **kwargs: Any) -> Any:
         return await self._client.xclaim(*args, **kwargs)
 
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        # Recovery takes back a lost read's entries with pipelined XCLAIMs on the taker.
+        return self._client.pipeline(*args, **kwargs)
+
     async def aclose(self) -> None:
         pass
 
