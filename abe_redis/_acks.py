@@ -80,16 +80,17 @@ class AckQueue:
             self._requeue(failed)
 
     async def _send(self, due: dict[str, list[ReceivedMessage]]) -> list[Any]:
-        """One XACK per stream; one stream (the common case) skips the pipeline's overhead."""
+        """One XACK per stream; one stream (the common case) skips the pipeline's overhead.
+        Ids go as bytes: redis-py's encoder takes 4 type checks per str argument, 1 per bytes."""
         if len(due) == 1:
             [(stream, messages)] = due.items()
             try:
-                return [await self._client.xack(stream, self._group, *(m.message_id for m in messages))]
+                return [await self._client.xack(stream, self._group, *_ids(messages))]
             except ResponseError as exc:
                 return [exc]
         async with self._client.pipeline(transaction=False) as pipe:
             for stream, messages in due.items():
-                pipe.xack(stream, self._group, *(m.message_id for m in messages))
+                pipe.xack(stream, self._group, *_ids(messages))
             return list(await pipe.execute(raise_on_error=False))
 
     def _requeue(self, due: dict[str, list[ReceivedMessage]]) -> None:
@@ -97,3 +98,8 @@ class AckQueue:
             for message in messages:
                 if not message.acked:
                     self.add(message)
+
+
+def _ids(messages: list[ReceivedMessage]) -> list[bytes]:
+    # surrogateescape: ids come from replies through to_str(), which decodes the same way.
+    return [m.message_id.encode("utf-8", "surrogateescape") for m in messages]

@@ -126,6 +126,43 @@ def test_the_fast_path_matches_the_stdlib_on_arbitrary_bytes(raw: bytes) -> None
     _assert_fast_path_is_the_stdlib(raw)
 
 
+def _decoded_without_orjson(fields: dict[bytes, bytes]) -> tuple[str, Any]:
+    saved, _codec._orjson = _codec._orjson, None
+    try:
+        return "ok", decode_fields(fields)
+    except PoisonMessageError as exc:
+        return "poison", str(exc)
+    finally:
+        _codec._orjson = saved
+
+
+def _assert_decode_fields_is_the_stdlibs(raw: bytes) -> None:
+    try:
+        fast: tuple[str, Any] = "ok", decode_fields({b"payload": raw})
+    except PoisonMessageError as exc:
+        fast = "poison", str(exc)
+    reference = _decoded_without_orjson({b"payload": raw})
+    assert fast[0] == reference[0], (raw, fast, reference)
+    assert _same(fast[1], reference[1]) if fast[0] == "ok" else fast[1] == reference[1]
+
+
+@given(_wide_values, st.booleans())
+def test_decode_fields_with_orjson_yields_or_refuses_exactly_as_without(value: Any, ascii: bool) -> None:
+    """The whole consumer-side decision (payload, or poison with which reason), not only the
+    parser: decode_fields has an inline fast path of its own."""
+    _assert_decode_fields_is_the_stdlibs(
+        json.dumps({"v": value}, ensure_ascii=ascii).encode("utf-8", "surrogatepass")
+    )
+    _assert_decode_fields_is_the_stdlibs(
+        json.dumps(value, ensure_ascii=ascii).encode("utf-8", "surrogatepass")
+    )
+
+
+@given(_json_ish | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
+def test_decode_fields_refuses_json_like_text_exactly_as_without_orjson(text: str) -> None:
+    _assert_decode_fields_is_the_stdlibs(text.encode("utf-8", "surrogatepass"))
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -144,6 +181,7 @@ def test_the_fast_path_matches_the_stdlib_on_arbitrary_bytes(raw: bytes) -> None
 )
 def test_known_differences_between_orjson_and_the_stdlib_go_the_stdlib_way(raw: bytes) -> None:
     _assert_fast_path_is_the_stdlib(raw)
+    _assert_decode_fields_is_the_stdlibs(raw)
 
 
 def test_a_huge_integer_keeps_its_exact_value_through_decode_fields(codec_path: str) -> None:
