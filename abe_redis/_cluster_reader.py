@@ -79,8 +79,16 @@ class ClusterReader:
         # One blocking read per partition may be in flight at once, all on one node at worst.
         self._taker_client = dedicated_cluster_client(config, connections=partitions.count + 2)
         taker = _SharedTaker(self._taker_client)
+        self._caller: asyncio.Task[Any] | None = None
         self._readers = [
-            GroupReader(client, p.config, group=group, registry=registries[p.index], taker=taker)
+            GroupReader(
+                client,
+                p.config,
+                group=group,
+                registry=registries[p.index],
+                taker=taker,
+                in_use=self._caller_alive,
+            )
             for p in partitions.partitions
         ]
         self._ready: deque[ReceivedMessage] = deque()
@@ -127,6 +135,7 @@ class ClusterReader:
         :meth:`dead_letter`."""
         if self._closed:
             raise BackendClosedError("this consumer is closed (or its backend was)")
+        self._caller = asyncio.current_task()
         if not self._pumps:
             loop = asyncio.get_running_loop()
             self._pumps = [loop.create_task(self._pump(reader)) for reader in self._readers]
@@ -161,6 +170,12 @@ class ClusterReader:
         except BaseException as exc:  # reported to the caller, who closes the consumer
             self._error = exc
             self._arrived.set()
+
+    def _caller_alive(self) -> bool:
+        """False once the task that last asked for a message has ended without closing this
+        consumer: the readers then stop renewing their leases, which lapse after
+        ``claim_idle_ms`` for peers to claim (the pumps ask on the caller's behalf and live on)."""
+        return self._caller is None or not self._caller.done()
 
     def _reader(self, message: ReceivedMessage) -> GroupReader:
         return self._readers[self._partitions.partition(message.stream).index]

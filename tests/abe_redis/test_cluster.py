@@ -489,3 +489,20 @@ async def test_the_consumer_runner_retries_dead_letters_and_drains_on_a_cluster(
     assert letter.payload == {"key": "jobs:0", "n": 0} and letter.stream == backend.config.dead_letter_stream(
         backend.stream_name("jobs:0")
     )
+
+
+async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_go(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    async with _backend(redis_cluster.url) as publisher:
+        await publisher.publish("jobs", {"job": 1})
+    async with _backend(redis_cluster.url) as first, _backend(redis_cluster.url) as second:
+        stream = first.consume(group="g")
+        # The task that asked ends; the generator stays referenced, never closed: the message's
+        # lease must lapse (claim_idle_ms=1000) although the partitions' pumps live on.
+        taken = await asyncio.create_task(anext(stream))
+        other = second.consume(group="g")
+        again = await asyncio.wait_for(anext(other), 15)
+        assert (again.message_id, again.delivery_count) == (taken.message_id, 2)
+        await other.aclose()
+        await stream.aclose()
