@@ -33,6 +33,7 @@ from ._publisher import Publisher
 from ._registry import StreamRegistry
 from ._retention import CapGuard
 from ._scrub import scrub_pipeline_error
+from ._topology import still_serves, wait_node
 from .metrics import NULL_METRICS, MetricsHook, emit
 
 log = logging.getLogger("abe_redis")
@@ -232,10 +233,16 @@ class RedisStreamsBackend:
         """XADDs then WAIT on the same connection (WAIT counts the replicas that have this
         connection's writes), for callers who need the entries on a replica before returning."""
         config = self._config
+        node = await wait_node(self._client, stream)
         async with self._client.pipeline(transaction=False) as pipe:
             for fields in batch:
                 pipe.xadd(stream, fields)
-            pipe.wait(config.wait_replicas, config.wait_timeout_ms)
+            if node is None:
+                pipe.wait(config.wait_replicas, config.wait_timeout_ms)
+            else:
+                # A cluster client sends a keyless WAIT to every master and adds up their
+                # replicas; sent to the stream's node, it rides the XADDs' connection.
+                pipe.execute_command("WAIT", config.wait_replicas, config.wait_timeout_ms, target_nodes=node)
             try:
                 *ids, replicas = await fatal_or_raise(pipe.execute(), secrets=(config.password,))
             except ResponseError as exc:
@@ -250,6 +257,9 @@ class RedisStreamsBackend:
         registered = self._registered.get(stream)
         if registered is None or now - registered >= REREGISTER_AFTER_S:
             await self._register(stream, now)
+        if node is not None and not await still_serves(self._client, node, stream):
+            # The XADDs were redirected (MOVED) to another node: the WAIT counted nothing of them.
+            replicas = 0
         if int(replicas) < config.wait_replicas:
             raise ReplicationTimeoutError(stream, config.wait_replicas, int(replicas), config.wait_timeout_ms)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

@@ -332,6 +332,21 @@ class InitializedFirstCluster(RedisCluster):
         return await super().execute_command(*args, **kwargs)
 
 
+async def wait_node(client: Any, key: str) -> ClusterNode | None:
+    """The cluster node serving ``key``, for a ``WAIT`` that must run on the connection of that
+    key's writes; None for a client of one server (or a Sentinel master), where it always does."""
+    if not isinstance(client, RedisCluster):
+        return None
+    await client.initialize()
+    return client.get_node_from_key(key)
+
+
+async def still_serves(client: Any, node: ClusterNode, key: str) -> bool:
+    """Whether ``node`` still serves ``key`` (a ``MOVED`` since :func:`wait_node` reloaded the map)."""
+    current = client.get_node_from_key(key)
+    return current is not None and current.name == node.name
+
+
 class SentinelMasterRedis(Redis):
     """The client ``Sentinel.master_for`` returns, closing the sentinel connections with its own."""
 
