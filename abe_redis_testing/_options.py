@@ -59,6 +59,19 @@ def get_option(config: pytest.Config, name: str) -> Any:
     return _convert(name, kind, value)
 
 
+def check_all(config: pytest.Config) -> None:
+    """Convert every registered option once, at start-up: a malformed number is then one usage
+    message that stops the run, not an error in each test whose fixture reads it."""
+    for dest in _DEFAULTS:
+        try:
+            config.getini(dest)
+        except ValueError:
+            # _DEFAULTS is per process: an option of a plugin module this session did not load
+            # (an in-process pytester run) is not this config's.
+            continue
+        get_option(config, dest.removeprefix("abe_redis_"))
+
+
 def _convert(name: str, kind: OptionKind, value: Any) -> Any:
     if kind == "bool":
         if isinstance(value, bool):

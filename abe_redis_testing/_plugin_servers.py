@@ -18,7 +18,7 @@ import pytest_asyncio
 import redis
 import redis.asyncio
 
-from abe_redis_testing._options import add_option, flag_name, get_option
+from abe_redis_testing._options import add_option, check_all, flag_name, get_option
 from abe_redis_testing.containers import (
     DEFAULT_IMAGE,
     ContainerRedisServer,
@@ -108,7 +108,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _topology_kind(config)  # a bad value is a usage error at start, not an error in every test
+    # Bad values are usage errors at start, not an error in every test.
+    check_all(config)
+    _server_choice(config)
+    _topology_kind(config)
     config.addinivalue_line(
         "markers",
         f"{MARKER}(kind='auto', appendonly=False, extra_args=()): configure the dedicated server "

@@ -78,6 +78,26 @@ def test_markers_pass_strict_markers(isolated: pytest.Pytester) -> None:
     isolated.runpytest_subprocess("-p", "abe_redis_testing", "--strict-markers").assert_outcomes(passed=1)
 
 
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--abe-redis-targets=nope", "unknown target(s) ['nope']"),
+        ("--abe-redis-startup-timeout=soon", "--abe-redis-startup-timeout / abe_redis_startup_timeout"),
+        ("--abe-redis-cluster-masters=three", "must be an integer, got 'three'"),
+        ("--abe-redis-server=bogus", "--abe-redis-server must be one of"),
+    ],
+)
+def test_a_bad_option_value_stops_the_run_with_a_usage_message(
+    isolated: pytest.Pytester, option: str, expected: str
+) -> None:
+    # Read lazily, a bad number used to error every test whose fixture read it, and the run went on.
+    isolated.makepyfile("def test_uses_a_server(redis_server):\n    pass\n")
+    result = isolated.runpytest_subprocess("-p", "abe_redis_testing", option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert expected in result.stderr.str()
+    assert "test_uses_a_server" not in result.stdout.str()
+
+
 def test_not_loaded_unless_asked(isolated: pytest.Pytester) -> None:
     # Installing abe-redis must not change unrelated test runs: no pytest11 autoload entry.
     assert not [ep for ep in entry_points(group="pytest11") if ep.value.startswith("abe_redis")]

@@ -129,8 +129,9 @@ def test_server_choice_flag_beats_ini(inner: pytest.Pytester) -> None:
 def test_bad_server_choice_is_a_usage_error(inner: pytest.Pytester) -> None:
     inner.makepyfile(KIND_PROBE)
     result = inner.runpytest("-p", PLUGIN, "--abe-redis-server=memcached")
-    result.stdout.fnmatch_lines(["*--abe-redis-server must be one of auto, external*"])
-    assert result.ret != 0
+    # Checked at start-up: the run stops before any test.
+    result.stderr.fnmatch_lines(["*--abe-redis-server must be one of auto, external*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
 
 
 def test_package_plugin_loads_the_server_fixtures(inner: pytest.Pytester) -> None:
