@@ -61,11 +61,9 @@ async def collect(url: str) -> list[StreamInfo]:
     async with backend_for(url) as backend:
         config = backend.config
         client: Any = backend.client
-        names = set(config.streams)
-        names.update(text(member) for member in await client.smembers(config.registry_key))
-        if config.stream_pattern:
-            async for found in client.scan_iter(match=config.stream_pattern, count=1000, _type="STREAM"):
-                names.add(text(found))
+        # As consumers find them: REDIS_STREAMS, the registry, REDIS_STREAM_PATTERN (in a Redis
+        # Cluster, every partition's).
+        names, _ = await backend.registry.listed()
         # The backend's own keys (registry, notifications, consumer records) are not streams of
         # the application, and dead letters are shown with the stream they came from.
         shown = sorted(

@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from ._cli_common import backend_for, resolve_url, text
+from ._errors import InvalidKeyError
 
 PAYLOAD_FIELD = b"payload"
 
@@ -44,6 +45,10 @@ async def follow(url: str, key: str, *, start: str, limit: int | None, block_ms:
     printed = 0
     async with backend_for(url) as backend:
         client: Any = backend.client
+        if backend.config.topology == "cluster":
+            # The stream that stores the key's messages (key{tag}); a stored name is kept as is.
+            with contextlib.suppress(InvalidKeyError):
+                key = backend.stream_name(key)
         last = await _resolve(client, key, start)
         while limit is None or printed < limit:
             reply = await client.xread({key: last}, block=block_ms, count=100)

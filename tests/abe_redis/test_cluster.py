@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -356,6 +357,13 @@ async def test_verify_streams_and_dead_letters_commands_work_on_a_cluster(
         assert await asyncio.to_thread(main, ["streams", "list", "--url", url]) == 0
         out = capsys.readouterr().out
         assert f"{backend.stream_name('keep')}\n" in out and f"{backend.stream_name('old')} (retired)" in out
+        assert await asyncio.to_thread(main, ["info", "--json", "--url", url]) == 0
+        assert [s["name"] for s in json.loads(capsys.readouterr().out)["streams"]] == [
+            backend.stream_name("keep")
+        ]
+        tail = ["tail", "keep", "--from", "0", "--count", "1", "--url", url]
+        assert await asyncio.wait_for(asyncio.to_thread(main, tail), 10) == 0
+        assert '"n": 1' in capsys.readouterr().out
 
         # A poison entry, dead-lettered by a consumer, then replayed by its user key.
         client: Any = backend.client
