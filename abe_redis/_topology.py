@@ -26,7 +26,12 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import EqualJitterBackoff
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -347,6 +352,12 @@ async def still_serves(client: Any, node: ClusterNode, key: str) -> bool:
     return current is not None and current.name == node.name
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel master's pool that makes a caller beyond ``max_connections`` wait (up to
+    ``timeout``) like the one-server pool does; redis-py's own raises ``MaxConnectionsError``, which
+    failed concurrent commands (a registry update during a burst of publishes)."""
+
+
 class SentinelMasterRedis(Redis):
     """The client ``Sentinel.master_for`` returns, closing the sentinel connections with its own."""
 
@@ -433,9 +444,11 @@ def build_topology_client(
         client: Redis = sentinel.master_for(
             topology.master_name,
             redis_class=SentinelMasterRedis,
+            connection_pool_class=_BlockingSentinelPool,
             connection_class=_MasterFollowingSSLConnection if use_tls else _MasterFollowingConnection,
             db=topology.db,
             max_connections=max_connections,
+            timeout=pool_timeout,
             **common,
             **data_tls,
         )

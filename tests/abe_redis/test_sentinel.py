@@ -88,7 +88,24 @@ async def test_cluster_consumers_that_cannot_work_are_refused_with_a_clear_error
         await backend.aclose()
     backend = RedisStreamsBackend.from_url("redis+cluster://127.0.0.1:1", prefetch=4)
     try:
-        with pytest.raises(ConfigurationError, match="REDIS_PREFETCH.*at least the number of partitions"):
+        with pytest.raises(ConfigurationError, match=r"REDIS_PREFETCH.*at least the number of partitions"):
             backend.consume()
+    finally:
+        await backend.aclose()
+
+
+async def test_callers_beyond_max_connections_wait_for_a_connection(
+    redis_sentinel: RedisSentinelHandle,
+) -> None:
+    # redis-py's Sentinel pool raises MaxConnectionsError instead: a burst of publishes then lost
+    # their registry updates ("could not add it to the stream registry (Too many connections)").
+    backend = RedisStreamsBackend.from_url(redis_sentinel.url, max_connections=2, pool_timeout=10)
+    try:
+        await asyncio.gather(*(backend.client.xlen("burst") for _ in range(50)))
+        await asyncio.gather(*(backend.publish(f"burst-{n % 10}", {"n": n}) for n in range(200)))
+        registered = await backend.client.smembers(backend.config.registry_key)
+        assert {name.decode() for name in registered} == {f"burst-{n}" for n in range(10)}
+        pool = backend.client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
     finally:
         await backend.aclose()
