@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from abe_redis_testing import FAST_SETTINGS, RedisBackendFactory
 from abe_redis_testing.contract import QueueBackendContract
-from abe_redis_testing.servers import RedisSentinelHandle
+from abe_redis_testing.servers import RedisClusterHandle, RedisSentinelHandle
 
 from .test_contract import CAPABILITIES
 
@@ -41,3 +41,28 @@ class TestRedisStreamsContractOnSentinel(QueueBackendContract):
     @pytest.fixture
     def backend_env(self, redis_sentinel: RedisSentinelHandle) -> dict[str, str]:
         return _env(redis_sentinel.url)
+
+
+class TestRedisStreamsContractOnCluster(QueueBackendContract):
+    capabilities = CAPABILITIES
+    # Its failure below does not replay (a timing race), so shrinking would only spend time.
+    state_machine_shrink = False
+
+    @pytest_asyncio.fixture
+    async def backend_factory(self, redis_cluster: RedisClusterHandle) -> AsyncIterator[RedisBackendFactory]:
+        factory = RedisBackendFactory("cluster", url=redis_cluster.url)
+        yield factory
+        await factory.aclose()
+
+    @pytest.fixture
+    def backend_env(self, redis_cluster: RedisClusterHandle) -> dict[str, str]:
+        return _env(redis_cluster.url)
+
+    @pytest.mark.xfail(
+        reason="known bug (reported with this test): on a cluster the model-based run sees a "
+        "message delivered again after it was acknowledged, in about 2 runs of 3; on one server "
+        "and on Sentinel it always passes",
+        strict=False,
+    )
+    def test_state_machine(self, backend_factory: RedisBackendFactory, contract_timeout: float) -> None:
+        super().test_state_machine(backend_factory, contract_timeout)
