@@ -19,8 +19,13 @@ from typing import Any
 from ._errors import InvalidKeyError, InvalidPayloadError, PoisonMessageError
 
 _orjson: ModuleType | None
-try:  # a C codec, ~4x faster to decode; the stdlib path below stays the reference
-    import orjson as _orjson
+_DUMP_OPTIONS = 0
+try:  # a C codec, ~4x faster to decode and ~20x to encode; the stdlib paths stay the reference
+    import orjson
+
+    _orjson = orjson
+    _DUMP_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+    _DUMP_OPTIONS |= orjson.OPT_PASSTHROUGH_DATETIME
 except ImportError:  # pragma: no cover - orjson is a dependency, but the stdlib path must work alone
     _orjson = None
 
@@ -46,6 +51,18 @@ def encode_payload(payload: object) -> bytes:
     """JSON bytes for ``payload``, or :class:`InvalidPayloadError` naming the first bad value."""
     if not isinstance(payload, dict):
         raise InvalidPayloadError("payload", f"expected a dict, got {type(payload).__name__}")
+    if _orjson is not None and type(payload) is dict:
+        # orjson writes what the stdlib would accept, or something that does not come back
+        # equal (NaN as null, a tuple as a list, an Enum as its value); the round trip through
+        # the consumer's own decoding tells which, and anything else takes the stdlib path
+        # below, which names the problem. Subclasses, dataclasses and datetimes are passed
+        # through to that path too, as the stdlib treats them differently.
+        try:
+            data: bytes = _orjson.dumps(payload, option=_DUMP_OPTIONS)
+            if _loads(data) == payload:
+                return data
+        except Exception:  # unserialisable, or an __eq__ that raises: the stdlib's turn
+            pass
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
 import math
+import uuid
 from typing import Any
 
 import pytest
@@ -161,6 +166,91 @@ def test_decode_fields_with_orjson_yields_or_refuses_exactly_as_without(value: A
 @given(_json_ish | st.binary(max_size=40).map(lambda b: b.decode("latin-1")))
 def test_decode_fields_refuses_json_like_text_exactly_as_without_orjson(text: str) -> None:
     _assert_decode_fields_is_the_stdlibs(text.encode("utf-8", "surrogatepass"))
+
+
+class _Text(str):
+    pass
+
+
+class _Colour(enum.Enum):
+    RED = 1
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+_odd_leaves = st.sampled_from(
+    [
+        (1, 2),
+        float("nan"),
+        float("inf"),
+        -0.0,
+        _Text("sub"),
+        _Colour.RED,
+        _Level.HIGH,
+        _Point(1),
+        datetime.datetime(2026, 1, 1),
+        uuid.UUID(int=7),
+        {1, 2},
+        b"bytes",
+        decimal.Decimal("1.5"),
+        2**64,
+        2**64 - 1,
+        -(2**63) - 1,
+        "\ud800",
+        {1: "int key"},
+        {None: "none key"},
+        {"ok": (1,)},
+    ]
+)
+_payload_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text() | _odd_leaves,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _encoded(payload: Any, *, with_orjson: bool) -> tuple[str, Any]:
+    saved = _codec._orjson
+    if not with_orjson:
+        _codec._orjson = None
+    try:
+        return "ok", encode_payload(payload)
+    except InvalidPayloadError as exc:
+        return "refused", (exc.path, str(exc))
+    except Exception as exc:  # the same surprise on both paths is fine; a different one is not
+        return "raised", type(exc).__name__
+    finally:
+        _codec._orjson = saved
+
+
+@given(st.dictionaries(st.text(max_size=5), _payload_values, max_size=4))
+def test_publish_with_orjson_accepts_and_refuses_exactly_as_without(payload: dict[str, Any]) -> None:
+    """orjson writes NaN as null, tuples and Enums as their values, dataclasses as objects: the
+    round trip (or the stdlib path it falls back to) must still accept exactly what the stdlib
+    accepts, refuse the rest with the same error, and store bytes every consumer reads alike."""
+    fast, reference = _encoded(payload, with_orjson=True), _encoded(payload, with_orjson=False)
+    assert fast[0] == reference[0], (payload, fast, reference)
+    if fast[0] != "ok":
+        assert fast[1] == reference[1]
+        return
+    for data in (fast[1], reference[1]):
+        for with_orjson in (True, False):
+            saved, _codec._orjson = _codec._orjson, _codec._orjson if with_orjson else None
+            try:
+                decoded = decode_fields({b"payload": data})
+            finally:
+                _codec._orjson = saved
+            assert decoded == payload
+            assert _same(decoded, decode_fields({b"payload": reference[1]}))
 
 
 @pytest.mark.parametrize(
