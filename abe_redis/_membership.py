@@ -12,12 +12,15 @@ reads both to find a dead consumer's messages without scanning every stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import time
 import uuid
 from typing import Any
+
+from redis.exceptions import WatchError
 
 from ._codec import to_str
 from ._config import RedisConfig
@@ -29,8 +32,32 @@ PROCESS_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 _MAX_CANDIDATES = 10_000
 
 
+FORGETTING = "forgetting:"
+"""Prefix of the token a sweep holds a gone consumer's name lock with while it deletes the name
+from the groups: a consumer joining under that name waits for it rather than taking another."""
+_FORGET_WAITS = 40
+
+
 def _text(value: bytes | str | None) -> str | None:
     return None if value is None else to_str(value)
+
+
+async def free_lock(client: Any, lock: str, token: str) -> None:
+    """Delete ``lock`` if it still holds ``token``, atomically (WATCH, MULTI/EXEC): a GET then a
+    plain DEL is not enough, since a DEL whose reply was lost is sent again, and by then another
+    consumer may hold the lock."""
+    async with client.pipeline(transaction=True) as pipe:
+        try:
+            await pipe.watch(lock)
+            if _text(await pipe.get(lock)) != token:
+                return
+            pipe.multi()
+            pipe.delete(lock)
+            await pipe.execute()
+        except WatchError:
+            # Changed meanwhile (no longer ours), or the connection failed while watching
+            # (redis-py never resends then): either way the lock lapses with its TTL.
+            pass
 
 
 class Membership:
@@ -59,11 +86,17 @@ class Membership:
         """Take the first free name; returns it."""
         for candidate in self._candidates():
             lock = self._keys.consumer_lock(self._group, candidate)
-            if await self._client.set(lock, self._token, nx=True, px=self.ttl_ms):
+            for _ in range(_FORGET_WAITS):
+                taken = await self._client.set(lock, self._token, nx=True, px=self.ttl_ms)
+                holder = "" if taken else _text(await self._client.get(lock)) or ""
+                if not holder.startswith(FORGETTING):
+                    break
+                await asyncio.sleep(0.05)  # a sweep deletes the name's leftovers: free in a moment
+            # Our own token: the SET took the lock, its reply was lost, and the retry found it held.
+            if taken or holder == self._token:
                 self.name = str(candidate)
                 await self._announce()
                 return self.name
-            holder = _text(await self._client.get(lock)) or ""
             if (
                 self.configured
                 and candidate == self._config.consumer_name
@@ -126,13 +159,9 @@ class Membership:
         once, so groups do not fill up with the names of consumers long gone. (A name with
         pending entries stays: deleting it would drop them.)
         """
-        lock = self._keys.consumer_lock(self._group, self.name)
-        holder = _text(await self._client.get(lock))
         pending = await self._pending(streams) if not self.configured else {}
         forget = not self.configured and not any(pending.values())
         async with self._client.pipeline(transaction=False) as pipe:
-            if holder == self._token:
-                pipe.delete(lock)
             if forget:
                 for stream in streams:
                     pipe.xgroup_delconsumer(stream, self._group, self.name)
@@ -141,6 +170,12 @@ class Membership:
             else:
                 pipe.zadd(self._keys.consumers(self._group), {self.name: 0})
             await pipe.execute(raise_on_error=False)
+        await self._free_lock()
+
+    async def _free_lock(self) -> None:
+        # Atomic: a resent DEL freed the name another consumer had just taken, a third took it
+        # too, and both resumed (and handled) the same pending entries.
+        await free_lock(self._client, self._keys.consumer_lock(self._group, self.name), self._token)
 
     async def _pending(self, streams: list[str]) -> dict[str, int]:
         async with self._client.pipeline(transaction=False) as pipe:

@@ -1,0 +1,99 @@
+"""Consumer names: unique among live consumers, even when replies are lost and commands resent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from abe_redis._membership import Membership
+from abe_redis_testing import RedisBackendFactory
+
+
+def _lose_the_reply_of_the_first_del(monkeypatch: pytest.MonkeyPatch, lock: str, meanwhile: Any) -> list[str]:
+    """The first pipeline or transaction that deletes ``lock`` runs on the server, then its reply
+    is lost; ``meanwhile`` runs before redis-py may send it again."""
+    lost: list[str] = []
+
+    def patch(name: str) -> None:
+        original = getattr(Pipeline, name)
+
+        async def run(self: Pipeline, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+            reply = await original(self, connection, commands, raise_on_error)
+            if not lost and any(args[:2] == ("DEL", lock) for args, _ in commands):
+                lost.append(name)
+                await meanwhile()
+                if name == "_execute_transaction":
+                    # EXEC's reply never arrived, so redis-py has not seen it end the WATCH.
+                    self.watching = True
+                raise RedisConnectionError("simulated: reply lost after the command ran")
+            return reply
+
+        monkeypatch.setattr(Pipeline, name, run)
+
+    patch("_execute_pipeline")
+    patch("_execute_transaction")
+    return lost
+
+
+async def test_a_lost_reply_on_leaving_never_frees_a_name_another_consumer_took_meanwhile(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulator seed 127: a consumer leaving deleted its name's lock; the reply was lost, and
+    before the DEL was sent again a peer took the name. The resent DEL deleted the peer's lock,
+    a third consumer took the same name while the peer was live, and both resumed (and handled)
+    the same pending entries."""
+    config = queue_backend_factory.config(consumer_name="w")
+    client: Any = queue_backend_factory.client()
+    # Resend after a connection error, as the backend's own client does.
+    client.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 3)
+    leaving = Membership(client, config, group="g")
+    assert await leaving.join() == "w"
+    peer = Membership(client, config, group="g")
+    lock = config.keys.consumer_lock("g", "w")
+
+    async def peer_takes_the_name() -> None:
+        assert await peer.join() == "w"
+
+    lost = _lose_the_reply_of_the_first_del(monkeypatch, lock, peer_takes_the_name)
+    await leaving.leave([])
+    assert lost
+    third = Membership(client, config, group="g")
+    assert await third.join() == "w-2"
+    assert await peer.heartbeat()
+
+
+async def test_a_lost_reply_on_joining_takes_the_name_it_locked(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SET NX whose reply is lost is sent again and finds the lock held, by this consumer's own
+    token: the name is this consumer's, not taken by another (which would leave it locked and
+    unused until its TTL)."""
+    backend = queue_backend_factory(consumer_name="w")
+    client: Any = backend.client
+    membership = Membership(client, backend.config, group="g")
+    original = type(client).set
+    lost: list[bool] = []
+
+    def set_with_lost_reply(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self, Pipeline):
+            return original(self, *args, **kwargs)  # queued, not sent: nothing to lose
+
+        async def sent_once_more() -> Any:
+            reply = await original(self, *args, **kwargs)
+            if not lost and kwargs.get("nx"):
+                lost.append(True)
+                return None  # what the resent SET NX answers once the first one took the lock
+            return reply
+
+        return sent_once_more()
+
+    monkeypatch.setattr(type(client), "set", set_with_lost_reply)
+    assert await membership.join() == "w"
+    assert lost
+    assert await membership.heartbeat()
+
