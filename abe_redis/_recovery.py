@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from ._codec import to_str
 from ._config import RedisConfig
+from ._connection import is_missing_group
 from ._lease import LeaseTable
+from ._membership import FORGETTING, PROCESS_TOKEN, free_lock
 
 log = logging.getLogger("abe_redis")
 
@@ -216,15 +221,36 @@ class Recovery:
 
     async def _forget(self, name: str, streams: Iterable[str], *, closed: bool, gone_since_ms: int) -> None:
         """A gone consumer with nothing pending: stop tracking it, and delete its name from the
-        groups once it surely will not come back (deleting a live name would drop its entries)."""
+        groups once it surely will not come back (deleting a live name would drop its entries).
+
+        The name may be taken again meanwhile (a configured name, by a restarted consumer): it is
+        deleted only under its lock, held with a :data:`FORGETTING` token so that no consumer can
+        join under it meanwhile, and only if still nothing is pending. Without the lock, a
+        consumer that joined and read between the look at its pending list and ``XGROUP
+        DELCONSUMER`` had what it read deleted from the pending list — acknowledged by nobody.
+        """
+        streams = list(streams)
         delete_name = closed or gone_since_ms > _FORGET_CRASHED_AFTER * self._ttl_ms
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.zrem(self._keys.consumers(self._group), name)
-            pipe.delete(self._keys.holdings(self._group, name))
-            if delete_name:
+        lock = self._keys.consumer_lock(self._group, name)
+        token = f"{FORGETTING}{PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
+        if not await self._client.set(lock, token, nx=True, px=self._ttl_ms):
+            return  # live again, or another sweep is at it
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
                 for stream in streams:
-                    pipe.xgroup_delconsumer(stream, self._group, name)
-            await pipe.execute(raise_on_error=False)
+                    pipe.xpending_range(stream, self._group, min="-", max="+", count=1, consumername=name)
+                replies = await pipe.execute(raise_on_error=False)
+            if any(_may_hold(reply) for reply in replies):
+                return  # a new incarnation read under the name before the lock was taken
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zrem(self._keys.consumers(self._group), name)
+                pipe.delete(self._keys.holdings(self._group, name))
+                if delete_name:
+                    for stream in streams:
+                        pipe.xgroup_delconsumer(stream, self._group, name)
+                await pipe.execute(raise_on_error=False)
+        finally:
+            await free_lock(self._client, lock, token)
 
     async def _rotate(self, streams: list[str], room: int) -> list[Taken]:
         """A budget of streams, in rotation: entries idle past the claim timeout, whoever holds them
@@ -259,6 +285,14 @@ class Recovery:
         if len(taken) >= room:
             self.more = True
         return taken
+
+
+def _may_hold(reply: Any) -> bool:
+    """An XPENDING reply that shows (or cannot rule out) a pending entry; a stream or group that
+    no longer exists holds none."""
+    if isinstance(reply, ResponseError) and is_missing_group(reply):
+        return False
+    return isinstance(reply, Exception) or bool(reply)
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -224,3 +224,65 @@ async def test_an_orphan_nobody_claimed_is_taken_back_uncounted(
     [pending] = await client.xpending_range("orphan", "g", min="-", max="+", count=10)
     assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
     assert pending["time_since_delivered"] < 50  # taken back: its idle clock restarted
+
+
+async def _gone_name(client: Any, config: Any, stream: str) -> None:
+    """Consumer ``w`` of group ``g`` closed with nothing pending: what a sweep forgets."""
+    await client.xgroup_create(stream, "g", id="0", mkstream=True)
+    await client.xgroup_createconsumer(stream, "g", "w")
+    await client.zadd(config.keys.consumers("g"), {"w": 0})
+    await client.sadd(config.keys.holdings("g", "w"), stream)
+
+
+async def test_a_sweep_never_deletes_a_name_a_new_consumer_took_meanwhile(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulator seed 76 (handlers profile): a sweep found the closed consumer ``w`` with nothing
+    pending and deleted the name from the group (XGROUP DELCONSUMER); in between, a consumer
+    configured as ``w`` had started, taken the name and read an entry — which the deletion
+    removed from the pending list, so nobody ever handled or acknowledged it."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._membership import Membership
+    from abe_redis._recovery import Recovery
+
+    config = queue_backend_factory.config(consumer_name="w")
+    client: Any = queue_backend_factory.client()
+    await _gone_name(client, config, "forget")
+    await client.xadd("forget", {"payload": b'{"n": 1}'})
+    leases = LeaseTable(client, group="g", consumer="sweeper", claim_idle_ms=500, refresh_ms=150)
+    recovery = Recovery(client, client, config, group="g", leases=leases, membership_ttl_ms=1000)
+    has_pending = Recovery._has_pending
+    restarted = Membership(client, config, group="g")
+
+    async def restarted_meanwhile(self: Recovery, stream: str, name: str) -> bool:
+        pending = await has_pending(self, stream, name)
+        if not restarted.name:
+            assert await restarted.join() == "w"
+            await client.xreadgroup("g", "w", {"forget": ">"}, count=1)
+        return pending
+
+    monkeypatch.setattr(Recovery, "_has_pending", restarted_meanwhile)
+    assert await recovery.sweep(["forget"], 10) == []
+    assert restarted.name == "w"
+    [pending] = await client.xpending_range("forget", "g", min="-", max="+", count=10)
+    assert pending["consumer"] == b"w"
+    assert await restarted.heartbeat()
+
+
+async def test_a_sweep_deletes_a_closed_name_that_holds_nothing(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The other side: a closed consumer with nothing pending leaves no trace, and the sweep frees
+    the name's lock it took to delete it."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    config = queue_backend_factory.config(consumer_name="w")
+    client: Any = queue_backend_factory.client()
+    await _gone_name(client, config, "forget")
+    leases = LeaseTable(client, group="g", consumer="sweeper", claim_idle_ms=500, refresh_ms=150)
+    recovery = Recovery(client, client, config, group="g", leases=leases, membership_ttl_ms=1000)
+    assert await recovery.sweep(["forget"], 10) == []
+    assert [c["name"] for c in await client.xinfo_consumers("forget", "g")] == []
+    assert await client.zscore(config.keys.consumers("g"), "w") is None
+    assert not await client.exists(config.keys.holdings("g", "w"), config.keys.consumer_lock("g", "w"))
