@@ -91,8 +91,12 @@ class ClusterReader:
             )
             for p in partitions.partitions
         ]
-        self._ready: deque[ReceivedMessage] = deque()
+        self._ready: deque[tuple[int, ReceivedMessage]] = deque()
         self._arrived = asyncio.Event()
+        # Set when the caller took a partition's message from the queue: each pump keeps one
+        # message ahead, so that its reader asks Redis for more only once the caller has moved
+        # on (its acknowledgements flushed first), never while its share is all in the queue.
+        self._taken = [asyncio.Event() for _ in self._readers]
         self._error: BaseException | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._closed = False
@@ -138,17 +142,20 @@ class ClusterReader:
         self._caller = asyncio.current_task()
         if not self._pumps:
             loop = asyncio.get_running_loop()
-            self._pumps = [loop.create_task(self._pump(reader)) for reader in self._readers]
+            self._pumps = [loop.create_task(self._pump(i)) for i in range(len(self._readers))]
         while not self._ready:
             if self._error is not None:
                 raise self._error
             self._arrived.clear()
             await self._arrived.wait()
-        return self._ready.popleft()
+        index, message = self._ready.popleft()
+        self._taken[index].set()
+        return message
 
-    async def _pump(self, reader: GroupReader) -> None:
-        """Move one partition's messages to the merged queue; a cluster in transition only
-        pauses it, a fatal error ends the consumer."""
+    async def _pump(self, index: int) -> None:
+        """Move one partition's messages to the merged queue, one at a time; a cluster in
+        transition only pauses it, a fatal error ends the consumer."""
+        reader, taken = self._readers[index], self._taken[index]
         throttle = Throttle()
         failures = 0
         try:
@@ -163,8 +170,10 @@ class ClusterReader:
                     await backoff_sleep(failures)
                     continue
                 failures = 0
-                self._ready.append(message)
+                taken.clear()
+                self._ready.append((index, message))
                 self._arrived.set()
+                await taken.wait()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # reported to the caller, who closes the consumer
@@ -188,7 +197,7 @@ class ClusterReader:
     def put_back(self, message: ReceivedMessage) -> None:
         """Undo :meth:`receive` for a message no handler has seen: it is the next one returned.
         (Its reader learns of it only on close, when it is released uncounted.)"""
-        self._ready.appendleft(message)
+        self._ready.appendleft((self._partitions.partition(message.stream).index, message))
 
     async def hand_again(self, message: ReceivedMessage) -> None:
         await self._reader(message).hand_again(message)
@@ -218,8 +227,8 @@ class ClusterReader:
         await asyncio.gather(*self._pumps, return_exceptions=True)
         while self._ready:
             # Handed to this merge, never to a handler: the release must not count a delivery.
-            message = self._ready.pop()
-            self._reader(message).put_back(message)
+            index, message = self._ready.pop()
+            self._readers[index].put_back(message)
         try:
             await asyncio.gather(*(reader.aclose() for reader in self._readers), return_exceptions=True)
         finally:
