@@ -6,8 +6,9 @@ blocking ``XREADGROUP`` covers the partition's streams and notification stream, 
 and transactions stay in that slot, and redis-py's cluster client routes every command to the
 master serving it (following ``MOVED``/``ASK`` and reloading the slot map after a failover).
 
-The readers run side by side, each in a task that keeps at most its share of the prefetch bound
-in hand, so that the consumer as a whole holds at most ``prefetch`` entries. Messages reach the
+The readers run side by side, each in a task, and share the consumer's prefetch bound as they
+need it (:mod:`abe_redis._budget`), so that the consumer as a whole holds at most ``prefetch``
+entries while a busy partition may use most of them. Messages reach the
 caller in the order the partitions produced them; which reader a message belongs to is read from
 its stream name.
 """
@@ -15,6 +16,7 @@ its stream name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Sequence
@@ -22,6 +24,7 @@ from typing import Any
 
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 
+from ._budget import PrefetchBudget
 from ._connection import close_client, dedicated_cluster_client, setup_error
 from ._delivery import GroupReader, Throttle, backoff_sleep
 from ._errors import BackendClosedError
@@ -80,6 +83,7 @@ class ClusterReader:
         self._taker_client = dedicated_cluster_client(config, connections=partitions.count + 2)
         taker = _SharedTaker(self._taker_client)
         self._caller: asyncio.Task[Any] | None = None
+        self.budget = PrefetchBudget(partitions.prefetch, partitions.count)
         self._readers = [
             GroupReader(
                 client,
@@ -88,6 +92,7 @@ class ClusterReader:
                 registry=registries[p.index],
                 taker=taker,
                 in_use=self._caller_alive,
+                prefetch=functools.partial(self.budget.limit, p.index),
             )
             for p in partitions.partitions
         ]
@@ -170,6 +175,7 @@ class ClusterReader:
                     await backoff_sleep(failures)
                     continue
                 failures = 0
+                self.budget.delivered(index)
                 taken.clear()
                 self._ready.append((index, message))
                 self._arrived.set()

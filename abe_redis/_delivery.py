@@ -115,6 +115,7 @@ class GroupReader:
         on_close: Callable[[], None] | None = None,
         taker: Any = None,
         in_use: Callable[[], bool] | None = None,
+        prefetch: Callable[[int], int] | None = None,
     ) -> None:
         # Any: redis-py types stream replies as wide unions that depend on RESP version and
         # decode_responses; the shapes are normalised by stream_entries() instead.
@@ -135,6 +136,9 @@ class GroupReader:
         # Whether the caller still iterates; by default, whether the task that last asked for a
         # message is alive (a merging reader that asks from tasks of its own passes its caller's).
         self._caller_alive = in_use
+        # The most entries it may hold, given how many it holds, asked before each read; by
+        # default the configured prefetch (readers sharing one bound pass their share's lender).
+        self._prefetch = prefetch
         self._taker: Any = None
         self._leases: LeaseTable | None = None
         self._acks: AckQueue | None = None
@@ -326,7 +330,9 @@ class GroupReader:
             streams = self._streams.streams
             # Entries parked for a dead-letter retry (Redis out of memory) wait outside the bound,
             # or a consumer full of them would stop delivering good messages.
-            room = self._config.effective_prefetch - (len(leases) - len(self._parked))
+            held = len(leases) - len(self._parked)
+            limit = self._config.effective_prefetch if self._prefetch is None else self._prefetch(held)
+            room = limit - held
             if room <= 0:
                 await asyncio.sleep(ACK_FLUSH_S)  # everything in room is awaiting its ack
                 return

@@ -64,6 +64,8 @@ class Partitions:
         self.tags = partition_tags(self.count)
         self._index = {f"{{{tag}}}": i for i, tag in enumerate(self.tags)}
         self._config = config
+        self.prefetch = config.effective_prefetch
+        """The consumer's bound over all partitions (each partition's config holds a share)."""
         self.partitions = tuple(
             Partition(i, tag, _partition_config(config, i, tag, self)) for i, tag in enumerate(self.tags)
         )
