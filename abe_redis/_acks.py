@@ -14,7 +14,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ._connection import TRANSIENT_ERRORS, is_missing_group, setup_error
+from ._connection import is_missing_group, setup_error
 from ._lease import LeaseTable
 from ._message import ReceivedMessage
 
@@ -54,20 +54,36 @@ class AckQueue:
         (unacknowledged is safe: at worst they are delivered again)."""
         if not self._count:
             return
-        due, self._due, self._count = self._due, {}, 0
-        streams = list(due)
+        due = self.take()
         try:
             replies = await self._send(due)
-        except TRANSIENT_ERRORS:
-            self._requeue(due)
+        except BaseException:  # a cancelled flush too: its XACKs may not have run
+            self.requeue(due)
             raise
+        self.settle(due, replies)
+
+    def take(self) -> dict[str, list[ReceivedMessage]]:
+        """Every queued acknowledgement, by stream, for a caller that sends them itself (in the
+        same round trip as its next read); it hands the replies to :meth:`settle`, or the batch
+        to :meth:`requeue` if the round trip failed."""
+        due, self._due, self._count = self._due, {}, 0
+        return due
+
+    def send_with(self, pipe: Any, due: dict[str, list[ReceivedMessage]]) -> None:
+        """Queue one XACK per stream of ``due`` on ``pipe``, in ``due``'s order."""
+        for stream, messages in due.items():
+            pipe.xack(stream, self._group, *_ids(messages))
+
+    def settle(self, due: dict[str, list[ReceivedMessage]], replies: list[Any]) -> None:
+        """Record the XACK replies for ``due`` (one per stream, in order): acknowledged entries
+        leave the lease table; failed ones are queued again; a setup error is raised."""
         failed: dict[str, list[ReceivedMessage]] = {}
-        for stream, reply in zip(streams, replies, strict=True):
+        for stream, reply in zip(list(due), replies, strict=True):
             messages = due[stream]
             if isinstance(reply, BaseException):
                 fatal = setup_error(reply)
                 if fatal is not None:
-                    self._requeue(due)
+                    self.requeue(due)
                     raise fatal
                 if not (isinstance(reply, ResponseError) and is_missing_group(reply)):
                     failed[stream] = messages
@@ -77,7 +93,7 @@ class AckQueue:
                 message.acked = True
             self._leases.drop(stream, (m.message_id for m in messages))
         if failed:
-            self._requeue(failed)
+            self.requeue(failed)
 
     async def _send(self, due: dict[str, list[ReceivedMessage]]) -> list[Any]:
         """One XACK per stream; one stream (the common case) skips the pipeline's overhead.
@@ -93,7 +109,7 @@ class AckQueue:
                 pipe.xack(stream, self._group, *_ids(messages))
             return list(await pipe.execute(raise_on_error=False))
 
-    def _requeue(self, due: dict[str, list[ReceivedMessage]]) -> None:
+    def requeue(self, due: dict[str, list[ReceivedMessage]]) -> None:
         for messages in due.values():
             for message in messages:
                 if not message.acked:

@@ -327,8 +327,8 @@ class RedisStreamsBackend:
                     "REDIS_PREFETCH (prefetch)",
                     self._config.effective_prefetch,
                     f"in a Redis Cluster a consumer reads all REDIS_CLUSTER_PARTITIONS={partitions.count} "
-                    "partitions at once, each with a share of the prefetch bound: set it to at least "
-                    "the number of partitions",
+                    "partitions at once, each needing room for one entry of the prefetch bound: set "
+                    "it to at least the number of partitions",
                 )
             assert isinstance(self._registry, ClusterRegistry)
             reader = ClusterReader(self._client, partitions, self._registry.partitions, group=chosen)

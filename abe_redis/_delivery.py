@@ -140,6 +140,7 @@ class GroupReader:
         # default the configured prefetch (readers sharing one bound pass their share's lender).
         self._prefetch = prefetch
         self._taker: Any = None
+        self._acks_ride_reads = False
         self._leases: LeaseTable | None = None
         self._acks: AckQueue | None = None
         self._recovery: Recovery | None = None
@@ -309,7 +310,8 @@ class GroupReader:
         )
 
     async def _flush_due_acks(self) -> None:
-        if self._acks is not None and self._acks.due():
+        # With nothing buffered, the next step is a read, and the read carries them.
+        if self._acks is not None and self._acks.due() and (self._buffer or not self._acks_ride_reads):
             await self._guarded(self._acks.flush())
 
     def _parts(self) -> tuple[LeaseTable, AckQueue]:
@@ -323,17 +325,20 @@ class GroupReader:
             if self._leases is None:
                 await self._start()
             leases, acks = self._parts()
-            await acks.flush()
             now = time.monotonic()
+            if not self._acks_ride_reads or self._recovery_due(now):
+                await acks.flush()
             if self._streams.due(now):
                 await self._discover()
             streams = self._streams.streams
             # Entries parked for a dead-letter retry (Redis out of memory) wait outside the bound,
-            # or a consumer full of them would stop delivering good messages.
-            held = len(leases) - len(self._parked)
+            # or a consumer full of them would stop delivering good messages. Handled entries
+            # whose XACK goes with the read are not counted: they are gone when its reply is.
+            held = len(leases) - len(acks) - len(self._parked)
             limit = self._config.effective_prefetch if self._prefetch is None else self._prefetch(held)
             room = limit - held
             if room <= 0:
+                await acks.flush()
                 await asyncio.sleep(ACK_FLUSH_S)  # everything in room is awaiting its ack
                 return
             if await self._recover(streams, room, now):
@@ -353,6 +358,9 @@ class GroupReader:
 
     async def _start(self) -> None:
         self._taker = self._given_taker if self._given_taker is not None else dedicated_client(self._client)
+        # A single-node taker sends acknowledgements in its read's round trip; a cluster client
+        # routes each command by key, and its pipelines do not wait out a blocking read.
+        self._acks_ride_reads = isinstance(self._taker, Redis)
         try:
             name = await self._membership.join()
         except ResponseError as exc:
@@ -421,6 +429,18 @@ class GroupReader:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _recovery_due(self, now: float) -> bool:
+        """Whether :meth:`_recover` may take entries now (it then needs the room that queued
+        acknowledgements would free, so they are sent first rather than with the read)."""
+        recovery = self._recovery
+        return bool(
+            self._parked
+            or not self._resumed
+            or self._orphan_check
+            or now >= self._next_sweep
+            or (recovery is not None and recovery.more)
+        )
+
     async def _recover(self, streams: list[str], room: int, now: float) -> bool:
         """Take over what nobody is handling; True if anything was taken."""
         recovery = self._recovery
@@ -459,16 +479,34 @@ class GroupReader:
         notifications = self._registry.notifications_key
         if plan.block:
             keys[notifications] = ">"
+        block = self._config.block_ms if plan.block else None
+        _, acks = self._parts()
+        acked = acks.take() if self._acks_ride_reads and len(acks) else None
         sent = time.monotonic()
         try:
-            response = await self._taker.xreadgroup(
-                self.group,
-                self.consumer,
-                keys,
-                count=plan.count,
-                block=self._config.block_ms if plan.block else None,
-            )
+            if acked:
+                # One round trip: the handled entries' XACKs, then the read that refills the room
+                # they leave (a consumer at full speed reads once per batch, and acks with it).
+                async with self._taker.pipeline(transaction=False) as pipe:
+                    acks.send_with(pipe, acked)
+                    pipe.xreadgroup(self.group, self.consumer, keys, count=plan.count, block=block)
+                    replies = await pipe.execute(raise_on_error=False)
+                settling, acked = acked, None
+                response = replies[-1]
+                try:
+                    acks.settle(settling, replies[:-1])
+                except BaseException:
+                    self._orphan_check.update(plan.streams)  # the read's entries, for the close
+                    raise
+                if isinstance(response, BaseException):
+                    raise response
+            else:
+                response = await self._taker.xreadgroup(
+                    self.group, self.consumer, keys, count=plan.count, block=block
+                )
         except BaseException as exc:
+            if acked:
+                acks.requeue(acked)  # unknown whether they ran: XACK again, it is idempotent
             if not isinstance(exc, (*TRANSIENT_ERRORS, asyncio.CancelledError)):
                 raise
             # The reply may have carried entries: look for them before the next read, or on close.

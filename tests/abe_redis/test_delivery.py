@@ -358,6 +358,24 @@ async def test_entry_read_but_lost_in_transit_is_taken_back_without_waiting_for_
             return reply
 
         reader.xreadgroup = read
+        real_pipeline = reader.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            # Acknowledgements ride in the read's round trip: lose that reply the same way.
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+
+            async def execute(*args: Any, **kwargs: Any) -> Any:
+                replies = await real_execute(*args, **kwargs)
+                if replies and replies[-1] and armed.is_set() and not lost.is_set():
+                    lost.set()
+                    raise RedisConnectionError("connection reset while reading the reply")
+                return replies
+
+            pipe.execute = execute
+            return pipe
+
+        reader.pipeline = pipeline
         return reader
 
     monkeypatch.setattr(delivery, "dedicated_client", lossy_dedicated)
@@ -378,3 +396,85 @@ async def test_entry_read_but_lost_in_transit_is_taken_back_without_waiting_for_
     # delivery: transport trouble alone must not push a message towards max_deliveries.
     assert recovered.delivery_count == 1
     assert int((await client.xpending_range("lossy", "g", "-", "+", 10))[0]["times_delivered"]) == 1
+
+
+def _recording_taker(
+    monkeypatch: pytest.MonkeyPatch, *, fail_first_ack_trip: bool = False
+) -> list[list[str]]:
+    """Make consumers' taker clients record each pipelined round trip's commands; optionally
+    the first round trip carrying XACKs fails before it is sent (a reset connection)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import abe_redis._delivery as delivery
+
+    real_dedicated = delivery.dedicated_client
+    trips: list[list[str]] = []
+
+    def recording(client: Any) -> Any:
+        taker = real_dedicated(client)
+        real_pipeline = taker.pipeline
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            real_execute = pipe.execute
+
+            async def execute(*args: Any, **kwargs: Any) -> Any:
+                names = [str(command[0][0]).upper() for command in pipe.command_stack]
+                if fail_first_ack_trip and "XACK" in names and not any("XACK" in t for t in trips):
+                    trips.append(["failed", *names])
+                    await pipe.reset()
+                    raise RedisConnectionError("simulated: connection reset before sending")
+                trips.append(names)
+                return await real_execute(*args, **kwargs)
+
+            pipe.execute = execute
+            return pipe
+
+        taker.pipeline = pipeline
+        return taker
+
+    monkeypatch.setattr(delivery, "dedicated_client", recording)
+    return trips
+
+
+async def test_a_handled_batch_is_acknowledged_in_the_round_trip_of_the_next_read(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = _recording_taker(monkeypatch)
+    backend = queue_backend_factory(batch_size=10)
+    client: Any = queue_backend_factory.client()
+    for n in range(30):
+        await backend.publish("ride", {"n": n})
+    stream = backend.consume(group="g")
+    try:
+        got = await take(stream, 25)
+        assert [m["n"] for m in got] == list(range(25))
+        # Two full batches were handled and acknowledged, each with the read that followed it;
+        # of the third, the one in the handler and those still buffered are pending.
+        ack_trips = [t for t in trips if "XACK" in t]
+        assert len(ack_trips) >= 2 and all(t[-1] == "XREADGROUP" for t in ack_trips)
+        assert await _pending(client, "ride", "g") <= 10
+        assert not got[-1].acked and all(m.acked for m in got[:20])
+    finally:
+        await stream.aclose()
+
+
+async def test_acknowledgements_of_a_read_round_trip_that_failed_are_sent_again(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trips = _recording_taker(monkeypatch, fail_first_ack_trip=True)
+    backend = queue_backend_factory(batch_size=5)
+    client: Any = queue_backend_factory.client()
+    for n in range(12):
+        await backend.publish("retry-acks", {"n": n})
+    stream = backend.consume(group="g")
+    try:
+        got = await take(stream, 12)
+        assert [m["n"] for m in got] == list(range(12))  # each once, in order, none lost
+        assert trips[0][0] == "failed"
+        # The handled ones are acknowledged after all (the retry or the background flush).
+        await asyncio.sleep(ACK_FLUSH_S * 3)  # the background flush sends whatever is left
+        assert await _pending(client, "retry-acks", "g") == 1  # only the one in the handler
+        assert all(m.acked for m in got[:11])
+    finally:
+        await stream.aclose()
