@@ -18,7 +18,14 @@ from ._cluster_reader import ClusterReader
 from ._cluster_registry import ClusterRegistry
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
 from ._config import RedisConfig
-from ._connection import build_client, close_client, fatal_or_raise, is_wrong_type, setup_error
+from ._connection import (
+    build_client,
+    close_client,
+    dedicated_cluster_client,
+    fatal_or_raise,
+    is_wrong_type,
+    setup_error,
+)
 from ._delivery import GroupReader
 from ._errors import (
     BackendClosedError,
@@ -74,6 +81,8 @@ class RedisStreamsBackend:
         # A cluster client opens at most max_connections per node and fails the command past
         # that (it never waits, unlike the single-server pool): concurrent publishes take turns.
         self._cluster_sends = asyncio.Semaphore(self._config.max_connections)
+        self._wait_client: Redis | None = None
+        """A cluster's publishes with WAIT go through a client that never retries (built on use)."""
         self._registered: dict[str, float] = {}
         self._readers: weakref.WeakSet[GroupReader | ClusterReader] = weakref.WeakSet()
         self._registry_warned = False
@@ -233,8 +242,17 @@ class RedisStreamsBackend:
         """XADDs then WAIT on the same connection (WAIT counts the replicas that have this
         connection's writes), for callers who need the entries on a replica before returning."""
         config = self._config
-        node = await wait_node(self._client, stream)
-        async with self._client.pipeline(transaction=False) as pipe:
+        client = self._client
+        node = await wait_node(client, stream)
+        if node is not None:
+            # A retried cluster pipeline resends its WAIT without the target node, to every
+            # master, whose replica counts then add up to a confirmation nobody gave; a publish
+            # whose WAIT lost its connection must fail instead.
+            if self._wait_client is None:
+                self._wait_client = dedicated_cluster_client(config, connections=config.max_connections)
+            client = self._wait_client
+            node = await wait_node(client, stream)
+        async with self._cluster_sends, client.pipeline(transaction=False) as pipe:
             for fields in batch:
                 pipe.xadd(stream, fields)
             if node is None:
@@ -257,7 +275,7 @@ class RedisStreamsBackend:
         registered = self._registered.get(stream)
         if registered is None or now - registered >= REREGISTER_AFTER_S:
             await self._register(stream, now)
-        if node is not None and not await still_serves(self._client, node, stream):
+        if node is not None and not await still_serves(client, node, stream):
             # The XADDs were redirected (MOVED) to another node: the WAIT counted nothing of them.
             replicas = 0
         if int(replicas) < config.wait_replicas:
@@ -362,6 +380,8 @@ class RedisStreamsBackend:
             await self._publisher.aclose()  # sends what it accepted, gives its connection back
         if self._owns_client:
             await close_client(self._client)
+        if self._wait_client is not None:
+            await close_client(self._wait_client)
 
     async def __aenter__(self) -> Self:
         return self

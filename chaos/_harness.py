@@ -508,6 +508,18 @@ class Workload:
         self.result.extra["gone_ids"] = gone[:20]
         handled = {d.msg for d in self.ledger.deliveries}
         self.result.extra["gone_but_delivered"] = sum(1 for msg in gone if msg in handled)
+        # When each of the first lost publishes returned, and where it was delivered: against
+        # the fault window, this tells a write lost with its master from one lost otherwise.
+        self.result.extra["gone_details"] = [
+            {
+                "n": msg,
+                "returned_s": round(self.ledger.published[msg], 3),
+                "deliveries": [
+                    [round(d.t, 3), d.consumer, d.entry_id] for d in self.ledger.deliveries if d.msg == msg
+                ],
+            }
+            for msg in gone[:5]
+        ]
         if self.consumers == 0:
             for msg, entry_id in present.items():
                 self.record("stream", msg, entry_id)

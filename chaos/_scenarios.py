@@ -449,12 +449,7 @@ SCENARIOS: dict[str, Scenario] = {
             _cluster,
             NIGHTLY,
         ),
-        Scenario(
-            "cluster-failover-wait",
-            "the same with REDIS_WAIT_REPLICAS=1",
-            _cluster_wait,
-            NIGHTLY,
-        ),
+        Scenario("cluster-failover-wait", "the same with REDIS_WAIT_REPLICAS=1", _cluster_wait),
     )
 }
 
