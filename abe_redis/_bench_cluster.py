@@ -65,7 +65,7 @@ def _client(url: str) -> RedisCluster:
     return client
 
 
-async def _spread(raw: RedisCluster, keys: list[str]) -> dict[str, float]:
+def _spread(raw: RedisCluster, keys: list[str]) -> dict[str, float]:
     """How many of ``keys`` each master serves: ``masters`` and the fewest and most per master."""
     per_node: Counter[str] = Counter()
     for key in keys:
@@ -74,6 +74,21 @@ async def _spread(raw: RedisCluster, keys: list[str]) -> dict[str, float]:
     masters = len(raw.get_primaries())
     counts = [per_node.get(node.name, 0) for node in raw.get_primaries()]
     return {"masters": float(masters), "streams_min": float(min(counts)), "streams_max": float(max(counts))}
+
+
+async def _stored(raw: RedisCluster, pattern: str) -> list[str]:
+    """The keys matching ``pattern`` on every master: the names the backend stored its streams
+    under (in a cluster it adds a partition's hash tag, which decides the master)."""
+    found: list[str] = []
+    for node in raw.get_primaries():
+        keys: Any = await raw.keys(pattern, target_nodes=node)
+        found += [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+    return found
+
+
+def _where(spread: dict[str, float], streams: int) -> str:
+    lo, hi = int(spread["streams_min"]), int(spread["streams_max"])
+    return f"{streams} streams on {int(spread['masters'])} masters ({lo}-{hi} each)"
 
 
 async def run_cluster_workloads(
@@ -99,9 +114,8 @@ async def run_cluster_workloads(
         data = json.dumps(payload, separators=(",", ":")).encode()
         raw_keys = [f"{prefix}:raw:{i}" for i in range(streams)]
         our_keys = [f"{prefix}:ours:{i}" for i in range(streams)]
-        spread = await _spread(raw, our_keys)
-        lo, hi = int(spread["streams_min"]), int(spread["streams_max"])
-        where = f"{streams} streams on {int(spread['masters'])} masters ({lo}-{hi} each)"
+        spread = _spread(raw, raw_keys)
+        where = _where(spread, streams)
 
         # -- publish ------------------------------------------------------------------------
         name = f"cluster: {CLUSTER_PUBLISHERS} concurrent publishers, {streams} streams"
@@ -143,8 +157,11 @@ async def run_cluster_workloads(
 
             with step(f"{name}: ours", n) as advance:
                 seconds = await _publishers(ours, per_task, advance)
-            note = f"{CLUSTER_PUBLISHERS} tasks, one awaited publish at a time; {where}"
-            rows.append(result(name, "ours", n, seconds, extra=dict(spread), note=note))
+            stored = [k for k in await _stored(raw, f"{prefix}:ours:*") if not k.endswith("dead-letter")]
+            ours_spread = _spread(raw, stored)
+            ours_where = _where(ours_spread, len(stored))
+            note = f"{CLUSTER_PUBLISHERS} tasks, one awaited publish at a time; {ours_where}"
+            rows.append(result(name, "ours", n, seconds, extra=dict(ours_spread), note=note))
 
             # -- consume + ack ----------------------------------------------------------------
             name = f"cluster: consume + ack, {streams} streams"
@@ -173,7 +190,8 @@ async def run_cluster_workloads(
             except Exception as exc:  # consuming from a cluster may not be built in this version
                 rows[-1].note += f"; ours not measured: {type(exc).__name__}: {exc}"
             else:
-                rows.append(result(name, "ours", n, seconds, extra=dict(spread), note=f"1 consumer; {where}"))
+                note = f"1 consumer; {ours_where}"
+                rows.append(result(name, "ours", n, seconds, extra=dict(ours_spread), note=note))
         finally:
             await backend.aclose()
     finally:
