@@ -8,9 +8,9 @@ entries per read while idle partitions sit on the rest, so the bound is lent out
   must be at least the number of readers;
 * a reader asks for its limit before each read, when it has no read in flight: only then can
   its grant change without a reply exceeding it;
-* a reader whose last grant was filled (a backlog) gets twice as much room, up to what the others
-  do not hold granted, and to an equal split between the readers that are filling theirs; one
-  that got less than its room (drained) goes back to one entry of room.
+* a reader whose last grant was filled at least half (a backlog) gets twice as much room, up to
+  what the others do not hold granted, and to an equal split between the readers that are
+  filling theirs; one that got less (drained) goes back to one entry of room.
 
 So the sum of the grants never exceeds the budget, and a reply never exceeds its grant.
 """
@@ -38,7 +38,9 @@ class PrefetchBudget:
         has no read in flight."""
         got = self._delivered[reader] - self._seen[reader]
         self._seen[reader] = self._delivered[reader]
-        self._filling[reader] = self._room[reader] > 0 and got >= self._room[reader]
+        # Half counts as filled: a read spreads its room over the reader's streams in equal
+        # whole counts (room 4 over 3 streams reads one each), so a backlog rarely fills it all.
+        self._filling[reader] = self._room[reader] > 0 and 2 * got >= self._room[reader]
         others = sum(self._granted) - self._granted[reader]
         filling = max(1, sum(self._filling))
         if self._filling[reader]:
