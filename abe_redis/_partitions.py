@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from ._config import RedisConfig
-from ._errors import InvalidKeyError
+from ._errors import ConfigurationError, InvalidKeyError
 from ._topology import CLUSTER_SLOTS, hash_tag_for_slots
 
 TAG_PREFIX = "abe-"
@@ -118,11 +118,14 @@ def _partition_config(config: RedisConfig, index: int, tag: str, layout: Partiti
     registry = str(config.registry_key)
     follows_prefix = registry == config.key_prefix + "streams"
     prefix = f"{config.key_prefix}{{{tag}}}:"
-    streams = tuple(
-        layout.stream(name)
-        for name in config.streams
-        if partition_of(layout.key(name), layout.count) == index
-    )
+    try:
+        streams = tuple(
+            layout.stream(name)
+            for name in config.streams
+            if partition_of(layout.key(name), layout.count) == index
+        )
+    except InvalidKeyError as exc:
+        raise ConfigurationError("REDIS_STREAMS (streams)", config.streams, str(exc)) from None
     prefetch = config.effective_prefetch
     return config.with_overrides(
         key_prefix=prefix,

@@ -95,6 +95,29 @@ def test_keys_with_braces_are_refused_in_a_cluster() -> None:
         layout.stream("orders{eu}")
 
 
+def test_cluster_settings_that_would_break_key_placement_are_refused() -> None:
+    from abe_redis import ConfigurationError, RedisConfig, RedisStreamsBackend
+
+    url = "redis+cluster://127.0.0.1:7000"
+    with pytest.raises(ConfigurationError, match=r"REDIS_KEY_PREFIX.*may not contain '\{'"):
+        RedisConfig(url=url, key_prefix="app:{x}:")
+    with pytest.raises(ConfigurationError, match=r"REDIS_CLUSTER_PARTITIONS.*1 to 1024"):
+        RedisConfig.from_env({"REDIS_URL": url, "REDIS_CLUSTER_PARTITIONS": "0"})
+    with pytest.raises(ConfigurationError, match=r"REDIS_STREAMS.*hash tag"):
+        RedisStreamsBackend.from_url(url, streams=("orders{eu}",))
+    assert RedisConfig(url="redis://h:6379", key_prefix="app:{x}:").key_prefix == "app:{x}:"
+
+
+def test_configured_streams_are_read_in_their_own_partitions() -> None:
+    from abe_redis import RedisConfig
+
+    config = RedisConfig(url="redis+cluster://127.0.0.1:7000", streams=("a", "b", "c"), cluster_partitions=4)
+    layout = Partitions(config)
+    spread = {name: p.index for p in layout.partitions for name in p.config.streams}
+    assert spread == {layout.stream(k): partition_of(k, 4) for k in ("a", "b", "c")}
+    assert sum(p.config.sweep_streams for p in layout.partitions) == config.sweep_streams
+
+
 # -- on a real cluster ---------------------------------------------------------------------------
 
 
