@@ -44,10 +44,14 @@ class AckQueue:
         self._due.setdefault(message.stream, []).append(message)
         self._count += 1
 
-    def due(self) -> bool:
-        return bool(self._count) and (
-            self._count >= self._batch_size or time.monotonic() - self._since >= ACK_FLUSH_S
-        )
+    def due(self, now: float | None = None) -> bool:
+        """A full batch, or one whose first entry waited ``ACK_FLUSH_S`` (``now``: the caller's
+        ``time.monotonic()``, when it has one)."""
+        if not self._count:
+            return False
+        if self._count >= self._batch_size:
+            return True
+        return (time.monotonic() if now is None else now) - self._since >= ACK_FLUSH_S
 
     async def flush(self) -> None:
         """Send every due acknowledgement. Transient failures keep them for the next flush

@@ -186,9 +186,17 @@ class GroupReader:
             raise BackendClosedError("this consumer is closed (or its backend was)")
         self._iterating = asyncio.current_task()
         await self._flush_due_acks()
-        if self._name_lost:
-            await self._rejoin()
         while True:
+            if self._name_lost:
+                # Checked on every turn: a call that waits through an outage (reads, recovery)
+                # must not go on taking and handing out entries under a name another now holds.
+                try:
+                    await self._rejoin()
+                except TRANSIENT_ERRORS as exc:
+                    self._failures += 1
+                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
+                    await backoff_sleep(self._failures)
+                continue
             if not self._buffer:
                 await self._fill()
                 continue
@@ -242,14 +250,15 @@ class GroupReader:
         sits in the other's pending list (the other resumes it), so drop it here without a
         release, acknowledge what was handled (acks are per group), and take a new name."""
         leases, acks = self._parts()
-        self._name_lost = False
         await self._guarded(acks.flush())
         self._buffer.clear()
         self._parked.clear()
         leases.clear()
-        self._membership = self._membership.fresh()
-        leases.consumer = await self._membership.join()
-        self._resumed = not self._membership.configured
+        membership = self._membership.fresh()
+        leases.consumer = await membership.join()  # if this fails, the name is still lost: again
+        self._membership = membership
+        self._name_lost = False
+        self._resumed = not membership.configured
 
     def done(self, message: ReceivedMessage) -> None:
         """``message`` was handled: acknowledge it with the next batch (within ``ACK_FLUSH_S``)."""
@@ -680,11 +689,16 @@ class GroupReader:
                 await acks.flush()
                 if time.monotonic() >= next_refresh and self._in_use():
                     next_refresh = time.monotonic() + refresh_s
-                    lost = set(await leases.refresh())
-                    if lost:
-                        self._buffer = deque(m for m in self._buffer if (m.stream, m.message_id) not in lost)
-                    if not await self._membership.heartbeat():
-                        self._name_lost = True
+                    # Renewing under a name another holds would renew the other's entries:
+                    # nothing, once it is lost, until the loop has stepped aside (see _rejoin).
+                    if not self._name_lost:
+                        lost = set(await leases.refresh())
+                        if lost:
+                            self._buffer = deque(
+                                m for m in self._buffer if (m.stream, m.message_id) not in lost
+                            )
+                        if not await self._membership.heartbeat():
+                            self._name_lost = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a background task has no caller; the loop gets fatal ones

@@ -101,11 +101,14 @@ class LeaseTable:
         self._held.clear()
         self._refreshed_at.clear()
 
-    def stale(self, stream: str) -> bool:
+    def stale(self, stream: str, now: float | None = None) -> bool:
         """True when the stream's leases went unrefreshed for half the claim timeout: a peer may
-        have claimed them, so :meth:`verify` before handing one out."""
+        have claimed them, so :meth:`verify` before handing one out. (``now``: the caller's
+        ``time.monotonic()``, when it has one.)"""
         at = self._refreshed_at.get(stream)
-        return at is not None and time.monotonic() - at > self._claim_idle_ms / 2000
+        if at is None:
+            return False
+        return (time.monotonic() if now is None else now) - at > self._claim_idle_ms / 2000
 
     async def refresh(self) -> list[tuple[str, str]]:
         """One ``XCLAIM … JUSTID`` per stream for everything held; one round trip in all.

@@ -35,8 +35,11 @@ def stream_entries(response: Any) -> list[Entry]:
         name = to_str(stream)
         if entries and isinstance(entries[0], list) and len(entries) == 1 and isinstance(entries[0][0], list):
             entries = entries[0]  # RESP3 wraps the entry list once more
-        for entry_id, fields in entries:
-            flat.append((name, to_str(entry_id), fields))
+        # to_str inlined: this runs for every entry read.
+        flat += [
+            (name, i.decode("utf-8", "surrogateescape") if type(i) is bytes else to_str(i), fields)
+            for i, fields in entries
+        ]
     return flat
 
 

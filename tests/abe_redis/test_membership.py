@@ -97,3 +97,39 @@ async def test_a_lost_reply_on_joining_takes_the_name_it_locked(
     assert lost
     assert await membership.heartbeat()
 
+
+async def test_a_consumer_whose_name_passes_to_another_mid_wait_takes_nothing_more_under_it(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Simulator seed 124: a consumer cut off past its name's TTL (a partition, the server
+    restarted) lost its name to a newly started one. Its heartbeat noticed, but the call waiting
+    for the next message went on reading and taking back "orphans" under the name — the other's
+    entries — and both handed them out. It must step aside (a new name) before taking anything."""
+    import asyncio
+
+    from .helpers import WAIT_S, take
+
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    consumer = queue_backend_factory(consumer_name="w", claim_idle_ms=600).consume(group="g")
+    await publisher.publish("renamed", {"n": 0})
+    try:
+        [first] = await take(consumer, 1)
+        reader = consumer.ag_frame.f_locals["self"]  # the GroupReader behind the generator
+        assert reader.consumer == "w"
+        waiting = asyncio.create_task(anext(consumer))  # acknowledges the first, then waits
+        await asyncio.sleep(0.3)
+        config = queue_backend_factory.config(consumer_name="w")
+        await client.delete(config.keys.consumer_lock("g", "w"))  # lapsed while cut off ...
+        other = Membership(client, config, group="g")
+        assert await other.join() == "w"  # ... and taken by a consumer started meanwhile
+        await asyncio.sleep(0.6)  # a heartbeat or two: the name is known to be lost
+        await publisher.publish("renamed", {"n": 1})
+        second = await asyncio.wait_for(waiting, WAIT_S)
+        assert (second["n"], second.delivery_count) == (1, 1)
+        assert reader.consumer == "w-2"
+        pending = await client.xpending_range("renamed", "g", min="-", max="+", count=10)
+        assert [(p["message_id"].decode(), p["consumer"]) for p in pending] == [(second.message_id, b"w-2")]
+    finally:
+        await consumer.aclose()
+    assert first["n"] == 0
