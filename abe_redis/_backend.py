@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ._broadcast import BroadcastReader
+from ._cluster_broadcast import cluster_broadcast
 from ._cluster_reader import ClusterReader
 from ._cluster_registry import ClusterRegistry
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
@@ -321,11 +322,8 @@ class RedisStreamsBackend:
         self._check_open()
         if self._config.mode == "broadcast":
             if self._partitions is not None:
-                raise ConfigurationError(
-                    "REDIS_CONSUME_MODE",
-                    "broadcast",
-                    "broadcast consumers cannot read a Redis Cluster yet (group consumers can)",
-                )
+                assert isinstance(self._registry, ClusterRegistry)
+                return cluster_broadcast(self._client, self._partitions, self._registry.partitions)
             return BroadcastReader(self._client, self._config, registry=self._registry).messages()
         return self.group_reader(group).messages()
 

@@ -551,3 +551,25 @@ async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_g
         assert (again.message_id, again.delivery_count) == (taken.message_id, 2)
         await other.aclose()
         await stream.aclose()
+
+
+async def test_broadcast_consumers_each_get_every_message_of_every_partition(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    url = redis_cluster.url
+    async with _backend(url, mode="broadcast") as a, _backend(url, mode="broadcast") as b:
+        async with _backend(url) as publisher:
+            await publisher.publish("old", {"before": True})  # before the consumers started
+        streams = [a.consume(), b.consume()]
+        pulls = [asyncio.ensure_future(anext(s)) for s in streams]
+        await asyncio.sleep(1.0)  # both are waiting on every partition
+        async with _backend(url) as publisher:
+            keys = [f"news:{i}" for i in range(20)]  # new streams, over most partitions
+            for key in keys:
+                await publisher.publish(key, {"key": key})
+        for stream, pull in zip(streams, pulls, strict=True):
+            got = [await asyncio.wait_for(pull, 10), *await take(stream, len(keys) - 1)]
+            assert sorted(m["key"] for m in got) == sorted(keys)
+            assert {m.stream for m in got} == {publisher.stream_name(k) for k in keys}
+            assert all(m.group is None for m in got)
+            await stream.aclose()
