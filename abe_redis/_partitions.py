@@ -52,8 +52,9 @@ class Partition:
     index: int
     tag: str
     config: RedisConfig
-    """The backend's settings with this partition's keys: its prefix, registry, streams, and its
-    share of the prefetch bound and of the sweep budget."""
+    """The backend's settings with this partition's keys: its prefix, registry, streams, its
+    share of the sweep budget, and an even share of the prefetch bound (a consumer of every
+    partition lends the whole bound between them instead, see :mod:`abe_redis._budget`)."""
 
 
 class Partitions:
@@ -65,7 +66,7 @@ class Partitions:
         self._index = {f"{{{tag}}}": i for i, tag in enumerate(self.tags)}
         self._config = config
         self.prefetch = config.effective_prefetch
-        """The consumer's bound over all partitions (each partition's config holds a share)."""
+        """One consumer's bound over all partitions together."""
         self.partitions = tuple(
             Partition(i, tag, _partition_config(config, i, tag, self)) for i, tag in enumerate(self.tags)
         )
@@ -135,7 +136,8 @@ def _partition_config(config: RedisConfig, index: int, tag: str, layout: Partiti
         # matching the user's pattern.
         stream_pattern=f"{config.stream_pattern}{{{tag}}}" if config.stream_pattern else None,
         # A consumer reads every partition at once: each gets a share of the bounds, so that the
-        # consumer as a whole holds at most `prefetch` entries and sweeps `sweep_streams` streams.
+        # consumer as a whole sweeps `sweep_streams` streams per interval and, read without the
+        # budget that lends the prefetch bound, holds at most `prefetch` entries.
         prefetch=max(1, _share(prefetch, layout.count, index)),
         sweep_streams=max(1, _share(config.sweep_streams, layout.count, index)),
     )
