@@ -573,3 +573,20 @@ async def test_broadcast_consumers_each_get_every_message_of_every_partition(
             assert {m.stream for m in got} == {publisher.stream_name(k) for k in keys}
             assert all(m.group is None for m in got)
             await stream.aclose()
+
+
+async def test_a_stream_pattern_finds_unregistered_streams_in_every_partition(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    async with _backend(redis_cluster.url, stream_pattern="pat:*") as backend:
+        client: Any = backend.client
+        keys = [f"pat:{i}" for i in range(12)]
+        for key in keys:  # written by something else: never registered
+            await client.xadd(backend.stream_name(key), {"payload": b'{"k": "%s"}' % key.encode()})
+        await client.xadd("pat:untagged", {"payload": b'{"k": "elsewhere"}'})  # not of this layout
+        stream = backend.consume(group="g")
+        got = await take(stream, len(keys))
+        await stream.aclose()
+        listed, _ = await backend.registry.listed()
+    assert sorted(m["k"] for m in got) == sorted(keys)
+    assert listed == {backend.stream_name(k) for k in keys}
