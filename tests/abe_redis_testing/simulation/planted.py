@@ -102,7 +102,7 @@ def _no_prefetch_refresh() -> Iterator[None]:
 
     with (
         mock.patch(f"{_LEASES}.refresh", refresh),
-        mock.patch(f"{_LEASES}.stale", lambda self, stream: False),
+        mock.patch(f"{_LEASES}.stale", lambda self, stream, now=None: False),
     ):
         yield
 
