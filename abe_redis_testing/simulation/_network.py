@@ -167,6 +167,25 @@ def _resp(command: _Command) -> bytes:
     return b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command)
 
 
+_READS = {b"XREADGROUP": 4, b"XREAD": 1}
+"""Stream reads, and where their options start (after ``GROUP group consumer``)."""
+
+_blocking_on: frozenset[bytes] | None = None
+"""The keys of the stream read being run, while it runs: if it blocks, only writes to these
+wake it."""
+
+
+def _stream_keys(command: _Command) -> frozenset[bytes] | None:
+    start = _READS.get(command[0].upper())
+    if start is None:
+        return None
+    for index in range(start, len(command)):
+        if command[index].upper() == b"STREAMS":
+            keys = command[index + 1 :]
+            return frozenset(keys[: len(keys) // 2])
+    return None
+
+
 class _SimWriter(FakeWriter):
     """Hands each command straight to the fake server's command processor, except while the
     socket is paused by a blocked command: then, as fakeredis' own writer does, it queues the
@@ -184,7 +203,12 @@ class _SimWriter(FakeWriter):
             else:
                 if not socket._server.connected or socket._killed:
                     raise socket._connection_error_class(CONNECTION_ERROR_MSG)
-                socket._process_command(list(chunk))
+                global _blocking_on
+                _blocking_on = _stream_keys(chunk)
+                try:
+                    socket._process_command(list(chunk))
+                finally:
+                    _blocking_on = None
 
 
 def _command_name(command: Any) -> str:
@@ -299,6 +323,7 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
 
     database_class: Any = Database
     add_callback = database_class.add_change_callback
+    notify_watch = database_class.notify_watch
 
     def add_change_callback(database: Any, callback: Callable[[], None]) -> None:
         # fakeredis keeps the callbacks of blocked readers in a set of functions, iterated in
@@ -306,18 +331,36 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
         if not isinstance(database._change_callbacks, _InsertionOrdered):
             database._change_callbacks = _InsertionOrdered.of(database._change_callbacks)
         add_callback(database, callback)
+        database._change_callbacks[callback] = _blocking_on
+
+    def notify_key(database: Any, key: bytes) -> None:
+        # fakeredis wakes every blocked reader on a write to any key (a heartbeat, an ack), and
+        # each one runs its read again to find nothing; Redis wakes a blocked XREADGROUP only
+        # for its own streams. Readers whose keys are known wake as on Redis; others on any key.
+        for sock in database._watches.get(key, ()):
+            sock.notify_watch()
+        database.condition.notify_all()
+        callbacks = database._change_callbacks
+        if not isinstance(callbacks, _InsertionOrdered):
+            callbacks = _InsertionOrdered.of(callbacks)  # nobody has blocked on it yet
+        for callback, keys in callbacks.items():
+            if keys is None or key in keys:
+                callback()
 
     pool_class.make_connection = make_connection  # type: ignore[method-assign]
     database_class.add_change_callback = add_change_callback
+    database_class.notify_watch = notify_key
     try:
         yield
     finally:
         pool_class.make_connection = original  # type: ignore[method-assign]
         database_class.add_change_callback = add_callback
+        database_class.notify_watch = notify_watch
 
 
-class _InsertionOrdered(dict[Any, None]):
-    """The part of ``set``'s interface fakeredis uses, iterated in insertion order."""
+class _InsertionOrdered(dict[Any, frozenset[bytes] | None]):
+    """The part of ``set``'s interface fakeredis uses, iterated in insertion order; each
+    callback maps to the keys whose writes wake it (``None``: any key)."""
 
     @classmethod
     def of(cls, items: Iterable[Any]) -> _InsertionOrdered:
