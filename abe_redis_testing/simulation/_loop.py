@@ -46,6 +46,11 @@ class SimulationStuck(RuntimeError):
     would burn a core."""
 
 
+TIME_LIMIT_S = 900.0
+"""Virtual seconds after which a run counts as stuck: a healthy 200-message schedule ends within a
+minute, and a loop that keeps sleeping (a retry that never gives up) would otherwise run, and
+grow its trace, forever."""
+
 SPIN_LIMIT = 200_000
 """Loop iterations without virtual time passing before a run counts as stuck (a whole
 200-message schedule takes a few thousand iterations)."""
@@ -71,9 +76,10 @@ class _SimFuture(asyncio.Future[Any]):
 class SimLoop(asyncio.BaseEventLoop):
     """An event loop whose ``time()`` is virtual and whose scheduling choices come from ``rng``."""
 
-    def __init__(self, rng: random.Random, *, shuffle: bool = True) -> None:
+    def __init__(self, rng: random.Random, *, shuffle: bool = True, time_limit: float | None = None) -> None:
         super().__init__()
         self._now = 0.0
+        self.time_limit = TIME_LIMIT_S if time_limit is None else time_limit
         self._rng = rng
         self._shuffle = shuffle
         self.iterations = 0
@@ -124,6 +130,8 @@ class SimLoop(asyncio.BaseEventLoop):
             if not scheduled:
                 raise SimulationDeadlock("no task can make progress and no timer is due")
             when = scheduled[0]._when
+            if when > self.time_limit:
+                raise SimulationStuck(f"virtual time would pass {self.time_limit:.0f}s")
             if when > self._now:
                 self._now = when
                 self._spins = 0

@@ -78,3 +78,21 @@ def test_a_busy_loop_is_reported_not_hung() -> None:
     result = run_seed(0, workload="fast", faults=(), backend_factory=Spinning.from_url)
     assert result.verdict.counts["crashed"] >= 1
     assert any("SimulationStuck" in e for e in result.verdict.examples["crashed"])
+
+
+def test_a_run_that_never_ends_is_reported_not_hung(monkeypatch: pytest.MonkeyPatch) -> None:
+    from abe_redis import RedisStreamsBackend
+    from abe_redis_testing.simulation import _loop
+
+    class Retrying(RedisStreamsBackend):
+        async def publish(self, key: str, payload: dict[str, object]) -> None:
+            if payload.get("n") == 3:
+                # A retry that never gives up (the thing under test): virtual time keeps passing.
+                while True:  # noqa: ASYNC110
+                    await asyncio.sleep(1.0)
+            await super().publish(key, payload)
+
+    monkeypatch.setattr(_loop, "TIME_LIMIT_S", 30.0)
+    result = run_seed(0, workload="fast", faults=(), backend_factory=Retrying.from_url)
+    assert result.virtual_seconds <= 30.0
+    assert any("virtual time would pass 30s" in e for e in result.verdict.examples["crashed"])
