@@ -581,14 +581,15 @@ async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_g
         # The task handling it is cancelled; the generator stays referenced, never closed: the
         # message's lease must lapse (claim_idle_ms=1000) although the partitions' pumps live on.
         took: list[Any] = []
+        handling = asyncio.Event()
 
         async def worker() -> None:
             took.append(await anext(stream))
+            handling.set()
             await asyncio.sleep(3600)
 
         task = asyncio.create_task(worker())
-        while not took:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(handling.wait(), 10)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         [taken] = took
