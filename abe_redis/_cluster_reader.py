@@ -187,10 +187,19 @@ class ClusterReader:
             self._arrived.set()
 
     def _caller_alive(self) -> bool:
-        """False once the task that last asked for a message has ended without closing this
-        consumer: the readers then stop renewing their leases, which lapse after
-        ``claim_idle_ms`` for peers to claim (the pumps ask on the caller's behalf and live on)."""
-        return self._caller is None or not self._caller.done()
+        """False once the task that last asked for a message died without closing this consumer
+        (cancelled, or ended by an exception): the readers then stop renewing their leases,
+        which lapse after ``claim_idle_ms`` for peers to claim (the pumps ask on the caller's
+        behalf and live on). A task that returned normally handed its message on to a handler
+        that still holds it, as a single-server reader judges too."""
+        task = self._caller
+        if task is None or not task.done():
+            return True
+        if task.cancelled():
+            return False
+        # Task.exception() would mark the caller's error as retrieved and silence asyncio's
+        # report of it; the stored error is read instead.
+        return getattr(task, "_exception", None) is None
 
     def _reader(self, message: ReceivedMessage) -> GroupReader:
         return self._readers[self._partitions.partition(message.stream).index]

@@ -637,3 +637,24 @@ async def test_a_stream_pattern_finds_unregistered_streams_in_every_partition(
         listed, _ = await backend.registry.listed()
     assert sorted(m["k"] for m in got) == sorted(keys)
     assert listed == {backend.stream_name(k) for k in keys}
+
+
+async def test_a_message_returned_to_a_task_that_ended_normally_stays_leased(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    async with _backend(redis_cluster.url) as publisher:
+        await publisher.publish("jobs", {"job": 1})
+    async with _backend(redis_cluster.url) as first, _backend(redis_cluster.url) as second:
+        stream = first.consume(group="g")
+        # A driver running each anext() in a task of its own: the task returns, the message is
+        # still being handled, and must not lapse to a peer (claim_idle_ms=1000).
+        taken = await asyncio.create_task(anext(stream))
+        other = second.consume(group="g")
+        pulling = asyncio.ensure_future(anext(other))
+        await asyncio.sleep(2.5)
+        assert not pulling.done(), "a peer took a message still in hand"
+        await first.ack(taken)
+        pulling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pulling
+        await stream.aclose()
