@@ -44,6 +44,7 @@ from ._connection import (
 )
 from ._errors import BackendClosedError, PoisonMessageError, RedisSetupError
 from ._lease import LeaseTable
+from ._liveness import caller_gone
 from ._membership import Membership
 from ._message import ReceivedMessage, received
 from ._reads import ReadPlanner, stream_entries
@@ -709,12 +710,13 @@ class GroupReader:
                 self._throttle.warn("background lease refresh failed, will retry: %s", exc)
 
     def _in_use(self) -> bool:
-        """False once the task iterating this consumer has ended without closing it (cancelled,
-        say, while the generator is kept referenced): such a consumer is dead, and its leases
-        must lapse so that peers claim its messages after ``claim_idle_ms``."""
+        """False once the task iterating this consumer has died without closing it (cancelled or
+        raised while the generator is kept referenced): such a consumer is dead, and its leases
+        must lapse so that peers claim its messages after ``claim_idle_ms``. A task that just
+        returned the message it asked for is not (see :mod:`abe_redis._liveness`)."""
         if self._caller_alive is not None:
             return self._caller_alive()
-        return self._iterating is None or not self._iterating.done()
+        return not caller_gone(self._iterating)
 
     # -- leaving -------------------------------------------------------------------------
 

@@ -116,6 +116,61 @@ async def test_consumer_whose_task_ended_without_closing_lets_its_leases_lapse(
     assert time.monotonic() - started >= 0.4
 
 
+async def test_a_message_taken_by_a_task_of_its_own_stays_leased_while_in_hand(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Each ``anext`` in a task of its own (a driver, ``create_task(anext(...))``): the task
+    ends once it has handed the message on, but the message is still being handled, so a peer
+    must not get it. (Lapsing on a finished task gave it to the peer, and both handled it.)"""
+    publisher = queue_backend_factory()
+    await publisher.publish("handoff", {"job": 1})
+    holder = queue_backend_factory().consume(group="workers")
+    peer = queue_backend_factory().consume(group="workers")
+    try:
+        taken = await asyncio.create_task(anext(holder))
+        waiting = asyncio.ensure_future(anext(peer))
+        # Three claim timeouts (claim_idle_ms is 500 ms in the test settings) in hand.
+        done, _ = await asyncio.wait({waiting}, timeout=1.5)
+        assert not done, f"a peer got the message in hand: {waiting.result()!r}"
+        # Asking for the next one acknowledges message 1; whoever gets message 2, nobody may
+        # get message 1 again.
+        following = asyncio.ensure_future(anext(holder))
+        await publisher.publish("handoff", {"job": 2})
+        done, _ = await asyncio.wait({waiting, following}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert (taken["job"], taken.delivery_count) == (1, 1)
+        assert [task.result()["job"] for task in done] == [2]
+        following.cancel()
+        waiting.cancel()
+        await asyncio.gather(following, waiting, return_exceptions=True)
+    finally:
+        await holder.aclose()
+        await peer.aclose()
+
+
+async def test_consumer_whose_task_died_of_an_error_lets_its_leases_lapse(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """A worker killed by an exception keeps its generator alive through the traceback; it is
+    dead, so its message goes to a peer after ``claim_idle_ms``."""
+    publisher = queue_backend_factory()
+    await publisher.publish("crash", {"job": "crashed"})
+    stream = queue_backend_factory().consume(group="workers")
+
+    async def worker() -> None:
+        async for _ in stream:
+            raise RuntimeError("handler crashed")
+
+    task = asyncio.create_task(worker())
+    await asyncio.gather(task, return_exceptions=True)
+    rescuer = queue_backend_factory().consume(group="workers")
+    try:
+        [again] = await take(rescuer, 1)
+    finally:
+        await rescuer.aclose()
+        await stream.aclose()
+    assert (again["job"], again.delivery_count) == ("crashed", 2)
+
+
 async def test_unyielded_batch_is_released_at_once_on_close(
     queue_backend_factory: RedisBackendFactory,
 ) -> None:
