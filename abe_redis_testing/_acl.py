@@ -32,6 +32,7 @@ STREAMS_BACKEND_COMMANDS: tuple[tuple[str, str], ...] = (
     ("cluster|slots", "cluster: the client's slot map"),
     ("cluster|shards", "cluster: the client's slot map (newer clients)"),
     ("cluster|nodes", "cluster: node discovery"),
+    ("command", "cluster: redis-py reads the command table when it loads the slot map"),
     ("wait", "REDIS_WAIT_REPLICAS: a publish waits for replicas"),
     ("time", "broadcast mode: start reading at the server's now"),
     # publish

@@ -658,3 +658,33 @@ async def test_a_message_returned_to_a_task_that_ended_normally_stays_leased(
         with contextlib.suppress(asyncio.CancelledError):
             await pulling
         await stream.aclose()
+
+
+async def test_a_user_confined_to_its_prefix_publishes_and_consumes_on_a_cluster(
+    redis_cluster: RedisClusterHandle,
+) -> None:
+    import redis
+
+    from abe_redis_testing.servers import create_acl_user
+
+    for node in redis_cluster.nodes:  # ACL users are per node
+        create_acl_user(node, "abe-app", "app:", password="app-secret")
+    url = "redis+cluster://abe-app:app-secret@" + ",".join(f"{n.host}:{n.port}" for n in redis_cluster.nodes)
+    try:
+        async with _backend(url, key_prefix="app:abe:") as backend:
+            for i in range(8):
+                await backend.publish(f"app:orders:{i}", {"n": i})
+            stream = backend.consume(group="app:g")
+            got = await take(stream, 8)
+            await backend.ack(got[-1])
+            await stream.aclose()
+        assert sorted(m["n"] for m in got) == list(range(8))
+        written: set[str] = set()
+        for master in redis_cluster.masters:
+            with redis.Redis(host=master.host, port=master.port, decode_responses=True) as admin:
+                written |= set(admin.scan_iter(count=1000))
+        assert written and all(key.startswith("app:") for key in written), sorted(written)
+    finally:
+        for node in redis_cluster.nodes:
+            with redis.Redis(host=node.host, port=node.port) as admin:
+                admin.execute_command("ACL", "DELUSER", "abe-app")
