@@ -14,8 +14,8 @@ WORKLOADS = {
     "sequential publish": {"raw", "ours", "publisher"},
     "64 concurrent publishers": {"raw", "ours", "publisher"},
     "publish_many": {"raw", "publisher"},
-    "consume + ack, 1 consumer": {"raw", "ours", "ours, default batch"},
-    "consume + ack, 4 consumers": {"raw", "ours", "ours, default batch"},
+    "consume + ack, 1 consumer": {"raw", "ours", "ours, batch 500"},
+    "consume + ack, 4 consumers": {"raw", "ours", "ours, batch 500"},
     "end-to-end latency": {"raw", "ours"},
     "RSS over messages": {"raw", "ours"},
 }
