@@ -57,13 +57,3 @@ class TestRedisStreamsContractOnCluster(QueueBackendContract):
     @pytest.fixture
     def backend_env(self, redis_cluster: RedisClusterHandle) -> dict[str, str]:
         return _env(redis_cluster.url)
-
-    @pytest.mark.xfail(
-        reason="known bug (reported with this test): on a cluster the model-based run sees a "
-        "message delivered again after it was acknowledged, in about 2 runs of 3; on one server "
-        "and on Sentinel it always passes. With claim_idle_ms=3000 instead of 500 it passed 4 "
-        "runs of 4: a peer claims an entry whose lease or lazy XACK lapsed in the meantime",
-        strict=False,
-    )
-    def test_state_machine(self, backend_factory: RedisBackendFactory, contract_timeout: float) -> None:
-        super().test_state_machine(backend_factory, contract_timeout)
