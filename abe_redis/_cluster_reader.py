@@ -28,6 +28,7 @@ from ._budget import PrefetchBudget
 from ._connection import close_client, dedicated_cluster_client, setup_error
 from ._delivery import GroupReader, Throttle, backoff_sleep
 from ._errors import BackendClosedError
+from ._liveness import caller_gone
 from ._message import ReceivedMessage
 from ._partitions import Partitions
 from ._registry import StreamRegistry
@@ -192,14 +193,7 @@ class ClusterReader:
         which lapse after ``claim_idle_ms`` for peers to claim (the pumps ask on the caller's
         behalf and live on). A task that returned normally handed its message on to a handler
         that still holds it, as a single-server reader judges too."""
-        task = self._caller
-        if task is None or not task.done():
-            return True
-        if task.cancelled():
-            return False
-        # Task.exception() would mark the caller's error as retrieved and silence asyncio's
-        # report of it; the stored error is read instead.
-        return getattr(task, "_exception", None) is None
+        return not caller_gone(self._caller)
 
     def _reader(self, message: ReceivedMessage) -> GroupReader:
         return self._readers[self._partitions.partition(message.stream).index]
