@@ -25,7 +25,7 @@ from typing import Any
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 
 from ._budget import PrefetchBudget
-from ._connection import close_client, dedicated_cluster_client, setup_error
+from ._connection import TRANSIENT_ERRORS, close_client, dedicated_cluster_client, setup_error
 from ._delivery import GroupReader, Throttle, backoff_sleep
 from ._errors import BackendClosedError
 from ._liveness import caller_gone
@@ -106,6 +106,7 @@ class ClusterReader:
         self._error: BaseException | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._closed = False
+        self._throttle = Throttle()
         self._metrics: MetricsHook = NULL_METRICS
 
     @property
@@ -149,14 +150,33 @@ class ClusterReader:
         if not self._pumps:
             loop = asyncio.get_running_loop()
             self._pumps = [loop.create_task(self._pump(i)) for i in range(len(self._readers))]
-        while not self._ready:
-            if self._error is not None:
-                raise self._error
-            self._arrived.clear()
-            await self._arrived.wait()
-        index, message = self._ready.popleft()
-        self._taken[index].set()
-        return message
+        failures = 0
+        while True:
+            while not self._ready:
+                if self._error is not None:
+                    raise self._error
+                self._arrived.clear()
+                await self._arrived.wait()
+            index, message = self._ready.popleft()
+            try:
+                mine = await self._readers[index].still_held(message)
+            except BaseException as exc:
+                # Ownership unknown: it stays first in line, and is asked about again.
+                self._ready.appendleft((index, message))
+                if not isinstance(exc, (*TRANSIENT_ERRORS, *CLUSTER_TRANSIENT_ERRORS)):
+                    raise
+                fatal = setup_error(exc)
+                if fatal is not None:
+                    raise fatal from None
+                failures += 1
+                self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
+                await backoff_sleep(failures)
+                continue
+            self._taken[index].set()
+            if mine:
+                return message
+            # It waited here while a peer took it over (a stalled loop renewed nothing): the
+            # peer hands it out now, so this consumer must not.
 
     async def _pump(self, index: int) -> None:
         """Move one partition's messages to the merged queue, one at a time; a cluster in

@@ -276,6 +276,19 @@ class GroupReader:
         leases.unhand(message.stream, message.message_id)
         self._buffer.appendleft(message)
 
+    async def still_held(self, message: ReceivedMessage) -> bool:
+        """Whether a message :meth:`receive` returned a while ago is still this consumer's, for
+        a merging reader that queues messages ahead of its caller: while one waits there, a
+        stalled loop renews nothing and a peer may claim it (a refresh then drops its lease),
+        or the name passes to another consumer. Verified, as :meth:`receive` verifies its
+        buffer, when the lease went stale; False means it is someone else's now."""
+        leases = self._leases
+        if leases is None or self._name_lost:
+            return False
+        if leases.stale(message.stream):
+            await leases.verify(message.stream)
+        return leases.holds(message.stream, message.message_id)
+
     async def hand_again(self, message: ReceivedMessage) -> None:
         """Count another delivery of a held message that this consumer is about to retry
         itself; the count is kept in Redis, so it survives a restart."""
