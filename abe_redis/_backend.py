@@ -11,10 +11,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ._broadcast import BroadcastReader
 from ._cluster_broadcast import cluster_broadcast
+from ._cluster_publisher import ClusterPublisher
 from ._cluster_reader import ClusterReader
 from ._cluster_registry import ClusterRegistry
 from ._codec import PAYLOAD_FIELD, check_key, encode_payload
@@ -94,11 +97,18 @@ class RedisStreamsBackend:
         # REDIS_STREAM_MAXLEN is applied by a counted XTRIM every few publishes rather than by
         # XADD's MAXLEN, which drops unread entries without telling anyone.
         self._cap = CapGuard(self._client, self._config)
-        # Concurrent publishes share pipelined round trips on one connection; a Redis Cluster
-        # client has no single connection to share, so it sends each XADD itself.
-        self._publisher: Publisher | None = (
-            Publisher(self._client) if isinstance(self._client, Redis) else None
-        )
+        # Concurrent publishes share pipelined round trips on one connection; in a Redis
+        # Cluster, on one connection per master.
+        self._publisher: Publisher | ClusterPublisher | None = None
+        if isinstance(self._client, Redis):
+            self._publisher = Publisher(self._client)
+        elif isinstance(self._client, RedisCluster):
+            config = self._config
+            self._publisher = ClusterPublisher(
+                self._client,
+                attempts=config.retry_attempts,
+                backoff=EqualJitterBackoff(cap=config.retry_backoff_cap, base=config.retry_backoff_base),
+            )
 
     # -- construction --------------------------------------------------------------------
 
