@@ -182,10 +182,14 @@ async def test_cluster_client_keeps_writing_after_a_master_is_killed(
     redis_cluster: RedisClusterHandle, cluster_client: RedisCluster
 ) -> None:
     stream = "payments"
-    before = await cluster_client.xadd(stream, {b"n": b"1"})
-    # Replication is asynchronous: WAIT makes the first entry's survival a fact, not luck.
-    node = cluster_client.get_node_from_key(stream)
-    assert await cluster_client.execute_command("WAIT", 1, 5000, target_nodes=node) == 1
+    # Replication is asynchronous: WAIT makes the first entry's survival a fact, not luck. WAIT
+    # counts the replicas that have the writes of its own connection, so it follows the XADD on
+    # one connection to the master (on another, with no writes of its own, it would count a
+    # replica that has not got the entry).
+    master = redis_cluster.master_for(stream)
+    async with Redis(host=master.host, port=master.port, single_connection_client=True) as direct:
+        before = await direct.xadd(stream, {b"n": b"1"})
+        assert await direct.execute_command("WAIT", 1, 5000) == 1
     killed = redis_cluster.kill_master(stream)
     assert redis_cluster.master_for(stream) is not killed
     after = await cluster_client.xadd(stream, {b"n": b"2"})
