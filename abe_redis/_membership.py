@@ -35,7 +35,6 @@ _MAX_CANDIDATES = 10_000
 FORGETTING = "forgetting:"
 """Prefix of the token a sweep holds a gone consumer's name lock with while it deletes the name
 from the groups: a consumer joining under that name waits for it rather than taking another."""
-_FORGET_WAITS = 40
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -86,12 +85,14 @@ class Membership:
         """Take the first free name; returns it."""
         for candidate in self._candidates():
             lock = self._keys.consumer_lock(self._group, candidate)
-            for _ in range(_FORGET_WAITS):
+            # A sweep deleting the name's leftovers frees it in a moment, or its lock lapses.
+            patience = time.monotonic() + self.ttl_ms / 1000
+            while True:
                 taken = await self._client.set(lock, self._token, nx=True, px=self.ttl_ms)
                 holder = "" if taken else _text(await self._client.get(lock)) or ""
-                if not holder.startswith(FORGETTING):
+                if not holder.startswith(FORGETTING) or time.monotonic() > patience:
                     break
-                await asyncio.sleep(0.05)  # a sweep deletes the name's leftovers: free in a moment
+                await asyncio.sleep(0.05)
             # Our own token: the SET took the lock, its reply was lost, and the retry found it held.
             if taken or holder == self._token:
                 self.name = str(candidate)

@@ -235,13 +235,14 @@ class Recovery:
         token = f"{FORGETTING}{PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
         if not await self._client.set(lock, token, nx=True, px=self._ttl_ms):
             return  # live again, or another sweep is at it
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream in streams:
-                    pipe.xpending_range(stream, self._group, min="-", max="+", count=1, consumername=name)
-                replies = await pipe.execute(raise_on_error=False)
-            if any(_may_hold(reply) for reply in replies):
-                return  # a new incarnation read under the name before the lock was taken
+        # If a step fails (or the task is cancelled), the lock lapses with its TTL: no cleanup
+        # that waits on Redis after a cancellation.
+        async with self._client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xpending_range(stream, self._group, min="-", max="+", count=1, consumername=name)
+            replies = await pipe.execute(raise_on_error=False)
+        # Anything pending: a new incarnation read under the name before the lock was taken.
+        if not any(_may_hold(reply) for reply in replies):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.zrem(self._keys.consumers(self._group), name)
                 pipe.delete(self._keys.holdings(self._group, name))
@@ -249,8 +250,7 @@ class Recovery:
                     for stream in streams:
                         pipe.xgroup_delconsumer(stream, self._group, name)
                 await pipe.execute(raise_on_error=False)
-        finally:
-            await free_lock(self._client, lock, token)
+        await free_lock(self._client, lock, token)
 
     async def _rotate(self, streams: list[str], room: int) -> list[Taken]:
         """A budget of streams, in rotation: entries idle past the claim timeout, whoever holds them

@@ -286,3 +286,67 @@ async def test_a_sweep_deletes_a_closed_name_that_holds_nothing(
     assert [c["name"] for c in await client.xinfo_consumers("forget", "g")] == []
     assert await client.zscore(config.keys.consumers("g"), "w") is None
     assert not await client.exists(config.keys.holdings("g", "w"), config.keys.consumer_lock("g", "w"))
+
+
+class _Hanging:
+    """A pipeline to a server that no longer answers: everything queues, nothing returns."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+    async def __aenter__(self) -> _Hanging:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def watch(self, *names: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+
+class _CutOffOnceLocked:
+    """The client, until a sweep has taken a gone name's lock; then the server is unreachable."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.cut = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        from abe_redis._membership import FORGETTING
+
+        reply = await self._client.set(*args, **kwargs)
+        if str(args[1]).startswith(FORGETTING):
+            self.cut.set()
+        return reply
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return _Hanging() if self.cut.is_set() else self._client.pipeline(*args, **kwargs)
+
+
+async def test_a_sweep_cancelled_while_it_forgets_a_name_ends_at_once(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Simulator seed 14: a sweep that held a gone name's lock freed it in a ``finally``; in a
+    process killed meanwhile that wait never ended, and neither did the cancelled task (the
+    simulator's run hung). The lock lapses with its TTL instead."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    config = queue_backend_factory.config(consumer_name="w")
+    real: Any = queue_backend_factory.client()
+    await _gone_name(real, config, "forget")
+    client = _CutOffOnceLocked(real)
+    leases = LeaseTable(client, group="g", consumer="sweeper", claim_idle_ms=500, refresh_ms=150)
+    recovery = Recovery(client, client, config, group="g", leases=leases, membership_ttl_ms=1000)
+    sweeping = asyncio.create_task(recovery.sweep(["forget"], 10))
+    await asyncio.wait_for(client.cut.wait(), 5)
+    await asyncio.sleep(0.05)
+    sweeping.cancel()
+    [outcome] = await asyncio.wait_for(asyncio.gather(sweeping, return_exceptions=True), 2)
+    assert isinstance(outcome, asyncio.CancelledError)
