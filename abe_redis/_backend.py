@@ -83,7 +83,8 @@ class RedisStreamsBackend:
             else StreamRegistry(self._client, self._config)
         )
         # A cluster client opens at most max_connections per node and fails the command past
-        # that (it never waits, unlike the single-server pool): concurrent publishes take turns.
+        # that (it never waits, unlike the single-server pool): the commands the per-node
+        # publishers do not batch (registry updates, publishes with WAIT) take turns.
         self._cluster_sends = asyncio.Semaphore(self._config.max_connections)
         self._wait_client: Redis | None = None
         """A cluster's publishes with WAIT go through a client that never retries (built on use)."""
