@@ -235,10 +235,15 @@ class GroupReader:
         when nothing has to happen first (no acknowledgements due, no lease gone stale, no name
         lost); ``None`` sends the caller the long way. Per message, this is the engine's cost."""
         buffer, acks, leases = self._buffer, self._acks, self._leases
-        if not buffer or acks is None or leases is None or self._closed or self._name_lost or acks.due():
+        if not buffer or acks is None or leases is None or self._closed or self._name_lost:
             return None
+        now = time.monotonic()
         message = buffer[0]
-        if leases.stale(message.stream) or not leases.hand(message.stream, message.message_id):
+        if (
+            acks.due(now)
+            or leases.stale(message.stream, now)
+            or not leases.hand(message.stream, message.message_id)
+        ):
             return None
         buffer.popleft()
         self._iterating = asyncio.current_task()
@@ -263,9 +268,11 @@ class GroupReader:
 
     def done(self, message: ReceivedMessage) -> None:
         """``message`` was handled: acknowledge it with the next batch (within ``ACK_FLUSH_S``)."""
-        _, acks = self._parts()
+        acks = self._acks
+        assert acks is not None
         acks.add(message)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
         if self.metrics is not NULL_METRICS:
             emit(self.metrics, "acked", stream=message.stream, group=self.group)
 
