@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._errors import PublishOutcomeUnknownError
-from ._publisher import FieldsT, Publisher
+from ._publisher import FieldsT, Publisher, _entry_id
 
 __all__ = ["ClusterPublisher"]
 
@@ -303,7 +303,4 @@ class ClusterPublisher:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        reply = replies[1]
-        if reply is None:
-            return None
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        return _entry_id(replies[1])
