@@ -39,6 +39,7 @@ from rich.table import Table
 
 from . import RedisStreamsBackend, __version__
 from ._bench_cluster import local_cluster, run_cluster_workloads
+from ._bench_timing import seconds_until
 from ._cli_common import CliError
 from ._publisher import Publisher
 from ._redact import redact_text
@@ -496,15 +497,7 @@ class Bench:
                 if got >= n and not finished.done():
                     finished.set_result(time.perf_counter())
 
-        started = time.perf_counter()
-        tasks = [asyncio.create_task(consumer(f"c{i}")) for i in range(consumers)]
-        try:
-            ended: float = await finished
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return ended - started
+        return await seconds_until(finished, (consumer(f"c{i}") for i in range(consumers)))
 
     async def _our_consume(
         self, backend: RedisStreamsBackend, n: int, consumers: int, advance: Callable[[int], None]
@@ -525,15 +518,7 @@ class Bench:
             finally:
                 await stream.aclose()
 
-        started = time.perf_counter()
-        tasks = [asyncio.create_task(consumer()) for _ in range(consumers)]
-        try:
-            ended: float = await finished
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return ended - started
+        return await seconds_until(finished, (consumer() for _ in range(consumers)))
 
     # -- latency ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from . import RedisStreamsBackend
+from ._bench_timing import seconds_until
 from ._topology import build_topology_client, parse_topology
 
 CLUSTER_PUBLISHERS = 64
@@ -251,15 +252,7 @@ async def _raw_consume(
             if not reply:
                 await asyncio.sleep(0)
 
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(reader(key)) for key in keys]
-    try:
-        ended: float = await finished
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return ended - started
+    return await seconds_until(finished, (reader(key) for key in keys))
 
 
 async def _our_consume(backend: RedisStreamsBackend, n: int, advance: Callable[[int], None]) -> float:
