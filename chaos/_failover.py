@@ -169,6 +169,47 @@ def _explain(result: ScenarioResult, wait: bool) -> None:
         )
 
 
+async def _deploy[H: (RedisSentinelHandle, RedisClusterHandle)](
+    name: str, fault: str, deployment: type[H], what: str
+) -> H | ScenarioResult:
+    """The replicated deployment, started; or the result saying why the scenario cannot run."""
+    found = find_server_binary()
+    if found is None:
+        return ScenarioResult(name, fault, verdict="skip", problems=["no redis-server or valkey-server"])
+    kind, binary = found
+    try:
+        return await asyncio.to_thread(deployment(binary, kind=kind).start)
+    except (ServerBinaryNotFound, TopologyNotReady) as exc:
+        return ScenarioResult(name, fault, verdict="error", problems=[f"{what}: {exc}"])
+
+
+def _workload(
+    ctx: Context,
+    name: str,
+    fault: str,
+    url: str,
+    overrides: dict[str, int],
+    allowed: int,
+    *,
+    consumers: int | None = None,
+) -> Workload:
+    """A failover run: no outage (the promoted replica serves on), the stream read back after it
+    to tell Redis' loss from a consumer's, and retention off so that read-back sees every entry."""
+    return Workload(
+        name,
+        fault,
+        url,
+        ctx.profile,
+        ctx.settings,
+        recovery_bound_s=ctx.network_bound_s,
+        outage=False,
+        consumers=consumers,
+        backend_overrides={**overrides, "retention": "off"},
+        lost_allowed=allowed,
+        check_stream=True,
+    )
+
+
 # -- Sentinel --------------------------------------------------------------------------------
 
 
@@ -178,27 +219,11 @@ async def sentinel_failover(ctx: Context, *, wait: bool) -> ScenarioResult:
     fault = (
         f"Sentinel: replica stalled {LAG_S:g} s, master SIGKILLed during the stall, replica promoted; {words}"
     )
-    found = find_server_binary()
-    if found is None:
-        return ScenarioResult(name, fault, verdict="skip", problems=["no redis-server or valkey-server"])
-    kind, binary = found
+    handle = await _deploy(name, fault, RedisSentinelHandle, "sentinel deployment")
+    if isinstance(handle, ScenarioResult):
+        return handle
     try:
-        handle = await asyncio.to_thread(RedisSentinelHandle(binary, kind=kind).start)
-    except (ServerBinaryNotFound, TopologyNotReady) as exc:
-        return ScenarioResult(name, fault, verdict="error", problems=[f"sentinel deployment: {exc}"])
-    try:
-        workload = Workload(
-            name,
-            fault,
-            handle.url,
-            ctx.profile,
-            ctx.settings,
-            recovery_bound_s=ctx.network_bound_s,
-            outage=False,
-            backend_overrides={**overrides, "retention": "off"},
-            lost_allowed=allowed,
-            check_stream=True,
-        )
+        workload = _workload(ctx, name, fault, handle.url, overrides, allowed)
         master, replica = handle.master, handle.replicas[0]
 
         def promoted() -> None:
@@ -261,28 +286,13 @@ async def cluster_failover(ctx: Context, *, wait: bool) -> ScenarioResult:
         f"Cluster 3+3: the stream's replica stalled {LAG_S:g} s, its master SIGKILLed during "
         f"the stall, replica promoted; {words}"
     )
-    found = find_server_binary()
-    if found is None:
-        return ScenarioResult(name, fault, verdict="skip", problems=["no redis-server or valkey-server"])
-    kind, binary = found
-    try:
-        handle = await asyncio.to_thread(RedisClusterHandle(binary, kind=kind).start)
-    except (ServerBinaryNotFound, TopologyNotReady) as exc:
-        return ScenarioResult(name, fault, verdict="error", problems=[f"cluster: {exc}"])
+    handle = await _deploy(name, fault, RedisClusterHandle, "cluster")
+    if isinstance(handle, ScenarioResult):
+        return handle
     try:
         consumes = await _cluster_consumes(handle.url)
-        workload = Workload(
-            name,
-            fault,
-            handle.url,
-            ctx.profile,
-            ctx.settings,
-            recovery_bound_s=ctx.network_bound_s,
-            outage=False,
-            consumers=None if consumes else 0,
-            backend_overrides={**overrides, "retention": "off"},
-            lost_allowed=allowed,
-            check_stream=True,
+        workload = _workload(
+            ctx, name, fault, handle.url, overrides, allowed, consumers=None if consumes else 0
         )
         if not consumes:
             workload.note(
