@@ -4,6 +4,8 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from abe_redis._config import BackendKeys
+
 WAIT_S = 10.0
 """Upper bound for anything a test waits for; reaching it fails the test."""
 
@@ -21,3 +23,17 @@ async def take(stream: AsyncGenerator[Any], n: int, wait_s: float = WAIT_S) -> l
     except TimeoutError:
         raise AssertionError(f"only {len(got)} of {n} messages arrived within {wait_s}s: {got!r}") from None
     return got
+
+
+def own_keys(keys: BackendKeys, group: str = "g", consumer: str = "c") -> list[str]:
+    """Every key the backend keeps besides the streams, for one group and consumer: the list to
+    hold against a rule every one of them must keep (the key prefix, one slot per partition)."""
+    return [
+        keys.registry,
+        keys.registry_version,
+        keys.retired,
+        keys.notifications,
+        keys.consumers(group),
+        keys.consumer_lock(group, consumer),
+        keys.holdings(group, consumer),
+    ]

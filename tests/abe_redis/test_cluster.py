@@ -25,7 +25,7 @@ from abe_redis._partitions import Partitions, partition_of, partition_tags
 from abe_redis._topology import CLUSTER_SLOTS
 from abe_redis_testing.servers import RedisClusterHandle, RedisServer
 
-from .helpers import take
+from .helpers import own_keys, take
 
 FAST = {
     "block_ms": 200,
@@ -71,17 +71,7 @@ def test_a_stream_and_its_partition_keys_share_one_slot() -> None:
         assert stream.startswith(key), "the user's name stays in front, for ACL key patterns"
         partition = layout.partition(stream)
         assert partition.index == partition_of(key, 16)
-        keys = partition.config.keys
-        own = [
-            keys.registry,
-            keys.registry_version,
-            keys.retired,
-            keys.notifications,
-            keys.consumers("g"),
-            keys.consumer_lock("g", "c"),
-            keys.holdings("g", "c"),
-            partition.config.dead_letter_stream(stream),
-        ]
+        own = [*own_keys(partition.config.keys), partition.config.dead_letter_stream(stream)]
         assert {key_slot(k.encode()) for k in [stream, *own]} == {key_slot(stream.encode())}
         assert all(k.startswith("app:abe:") for k in own[:-1]), "every own key under the prefix"
         assert layout.stream(stream) == stream and layout.key(stream) == key

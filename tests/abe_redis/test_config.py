@@ -7,6 +7,8 @@ import pytest
 from abe_redis import ConfigurationError, RedisConfig, RedisStreamsBackend
 from abe_redis._config import ENVIRONMENT
 
+from .helpers import own_keys
+
 SECRET = "s3cr3t-pa55"
 
 
@@ -167,17 +169,7 @@ def test_unix_and_database_urls_are_accepted() -> None:
 
 def test_every_backend_key_lives_under_the_key_prefix() -> None:
     config = RedisConfig(key_prefix="app:abe:")
-    keys = config.keys
-    owned = [
-        keys.registry,
-        keys.registry_version,
-        keys.retired,
-        keys.notifications,
-        keys.consumers("g"),
-        keys.consumer_lock("g", "c"),
-        keys.holdings("g", "c"),
-    ]
-    assert all(key.startswith("app:abe:") for key in owned)
+    assert all(key.startswith("app:abe:") for key in own_keys(config.keys))
     assert config.with_overrides(key_prefix="other:").registry_key == "other:streams"
     assert RedisConfig(registry_key="mine").with_overrides(key_prefix="x:").registry_key == "mine"
 
