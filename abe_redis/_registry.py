@@ -1,7 +1,8 @@
 """The stream registry: which streams exist for consumers to read, and how they learn of new ones.
 
 * **Register.** After a stream's first successful ``XADD``, the publisher adds its name to the
-  registry set and, when the name is new, bumps a version counter and appends a note to the
+  registry set and, when the name is new, bumps a version counter (by a random step, so that it
+  never repeats a value after the key is lost) and appends a note to the
   notification stream. A failed ``XADD`` (``WRONGTYPE``, say) registers nothing.
 * **Discover.** A consumer polls the small version counter every ``discovery_interval_ms`` and
   re-reads the set only when it changed (or once a minute, in case a counter was lost). Names the
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +31,20 @@ log = logging.getLogger("abe_redis")
 FULL_REFRESH_S = 60.0
 """Re-read the whole registry at least this often, even when the version did not change."""
 NOTIFICATIONS_MAXLEN = 1000
+
+
+def _bump(pipe: Any, key: str) -> None:
+    """Change the registry version to a value no consumer can have seen before.
+
+    Consumers re-read the registry only when the version differs from the one they last read.
+    A plain ``INCR`` counts again from 1 after the key is lost (FLUSHALL, a restart without
+    persistence), so the first changes after a loss could land on the very value a consumer
+    cached before it, and that consumer would never notice the loss nor put back what it knew
+    (simulate seed 366: a stream stayed out of the registry and one group never read it). A
+    random step makes such a repeat a 1-in-2**32 coincidence; it stays an integer, which
+    publishers of older versions still ``INCR``.
+    """
+    pipe.incrby(key, random.getrandbits(32) + 1)
 
 
 class StreamRegistry:
@@ -65,7 +81,7 @@ class StreamRegistry:
             )
         if added:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.incr(keys.registry_version)
+                _bump(pipe, keys.registry_version)
                 pipe.xadd(
                     keys.notifications, {b"stream": stream}, maxlen=NOTIFICATIONS_MAXLEN, approximate=True
                 )
@@ -77,7 +93,7 @@ class StreamRegistry:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.retired, stream)
             pipe.srem(keys.registry, stream)
-            pipe.incr(keys.registry_version)
+            _bump(pipe, keys.registry_version)
             _, removed, _ = await pipe.execute()
         return bool(removed)
 
@@ -86,7 +102,7 @@ class StreamRegistry:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.srem(keys.retired, stream)
             pipe.sadd(keys.registry, stream)
-            pipe.incr(keys.registry_version)
+            _bump(pipe, keys.registry_version)
             was_retired, _, _ = await pipe.execute()
         return bool(was_retired)
 
@@ -100,7 +116,7 @@ class StreamRegistry:
         if names:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.sadd(self._keys.registry, *names)
-                pipe.incr(self._keys.registry_version)
+                _bump(pipe, self._keys.registry_version)
                 await pipe.execute()
 
     async def version(self) -> bytes | None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from abe_redis import InvalidKeyError, RedisStreamsBackend
+from abe_redis._registry import StreamSet
 from abe_redis_testing import RedisBackendFactory
 from abe_redis_testing.servers import RedisServer
 
@@ -97,6 +98,37 @@ async def test_new_stream_reaches_a_waiting_consumer_at_once_on_defaults(
     print(f"brand-new stream to a waiting consumer: median {statistics.median(latencies) * 1000:.0f} ms")
     assert statistics.median(latencies) <= 0.25, latencies
     assert max(latencies) < 1.0, latencies
+
+
+async def test_a_registry_lost_after_a_consumer_read_it_is_put_back_for_consumers_starting_later(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Simulate seed 366: a consumer that knew a stream never noticed the registry was flushed,
+    because the version counter, counted again from scratch, came back to the value it had
+    cached; the stream stayed unregistered and a group that had not met it never read it."""
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    registry_key = publisher.config.registry_key
+    await publisher.publish("s1", {"n": 0})  # registers s1: one change of the version
+    reader = queue_backend_factory()
+    known = StreamSet(reader.registry, reader.config)
+    assert await known.refresh() == ["s1"]
+    await client.flushall()  # a restart without persistence
+    # Another group's consumer recreates its group with MKSTREAM, so the publisher's
+    # one-command path (XADD NOMKSTREAM) finds the stream and registers nothing.
+    await client.xgroup_create("s1", "other", id="0", mkstream=True)
+    await publisher.publish("s0", {"n": 0})  # one change of the version, as before the flush
+    for n in range(1, 4):
+        await publisher.publish("s1", {"n": n})
+    assert not await client.sismember(registry_key, "s1")
+    assert await known.refresh() == ["s0"]
+    assert await client.sismember(registry_key, "s1")  # put back by the consumer that knew it
+    later = queue_backend_factory().consume(group="g0")
+    try:
+        got = await take(later, 4)
+    finally:
+        await later.aclose()
+    assert sorted(m.stream + str(m["n"]) for m in got) == ["s00", "s11", "s12", "s13"]
 
 
 async def test_registration_failure_after_a_written_message_does_not_raise(
