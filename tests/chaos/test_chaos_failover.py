@@ -3,13 +3,8 @@ judges a run by that allowance."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from chaos import (
     SCENARIOS,
-    ChaosSetupError,
     Context,
     Environment,
     Profile,
@@ -23,18 +18,6 @@ from chaos._profiles import SETTINGS
 
 # ~2 s of traffic around the failover, at a rate that makes the stall's loss clearly visible.
 SMALL = Profile("test", rate=80, pre_s=0.8, fault_s=1.0, post_s=0.8, consumers=2)
-
-
-@pytest.fixture(scope="module")
-def env() -> Iterator[Environment]:
-    try:
-        environment = Environment.create()
-    except ChaosSetupError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield environment
-    finally:
-        environment.close()
 
 
 def test_the_bound_covers_what_the_stall_lets_the_producer_acknowledge() -> None:

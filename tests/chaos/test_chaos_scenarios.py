@@ -7,29 +7,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from chaos import SCENARIOS, ChaosSetupError, Context, Environment, Profile, Workload, main, run_scenario
+from chaos import SCENARIOS, Context, Environment, Profile, Workload, main, run_scenario
 from chaos import _harness as chaos_harness
 from chaos._profiles import SETTINGS
 
 # ~100 messages in about 3 s per scenario.
 SMALL = Profile("test", rate=50, pre_s=0.7, fault_s=1.0, post_s=0.7, consumers=2, burst=30)
-
-
-@pytest.fixture(scope="module")
-def env() -> Iterator[Environment]:
-    try:
-        environment = Environment.create()
-    except ChaosSetupError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield environment
-    finally:
-        environment.close()
 
 
 async def test_latency_scenario_end_to_end(env: Environment) -> None:
