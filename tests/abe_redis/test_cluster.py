@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from abe_redis import RedisStreamsBackend
+from abe_redis import ReceivedMessage, RedisStreamsBackend
 from abe_redis._partitions import Partitions, partition_of, partition_tags
 from abe_redis._topology import CLUSTER_SLOTS
 from abe_redis_testing.servers import RedisClusterHandle, RedisServer
@@ -42,6 +42,22 @@ async def _backend(url: str, **overrides: Any) -> AsyncIterator[RedisStreamsBack
         yield backend
     finally:
         await backend.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _one_job_two_peers(
+    url: str,
+) -> AsyncIterator[tuple[RedisStreamsBackend, AsyncGenerator[ReceivedMessage], RedisStreamsBackend]]:
+    """One job published; two backends of group ``g``, the first's consume stream open (and
+    closed afterwards): the job and a peer that may take it over if the first lets it go."""
+    async with _backend(url) as publisher:
+        await publisher.publish("jobs", {"job": 1})
+    async with _backend(url) as first, _backend(url) as second:
+        stream = first.consume(group="g")
+        try:
+            yield first, stream, second
+        finally:
+            await stream.aclose()
 
 
 async def _drain(stream: AsyncGenerator[Any], into: list[Any], stop: asyncio.Event) -> None:
@@ -528,7 +544,7 @@ async def test_consumption_continues_while_a_partitions_slot_moves_to_another_ma
 async def test_the_consumer_runner_retries_dead_letters_and_drains_on_a_cluster(
     redis_cluster: RedisClusterHandle,
 ) -> None:
-    from abe_redis import DeadLetters, ReceivedMessage, RedisConsumer
+    from abe_redis import DeadLetters, RedisConsumer
 
     async with _backend(redis_cluster.url, max_deliveries=3) as backend:
         keys = [f"jobs:{i}" for i in range(12)]
@@ -564,10 +580,7 @@ async def test_the_consumer_runner_retries_dead_letters_and_drains_on_a_cluster(
 async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_go(
     redis_cluster: RedisClusterHandle,
 ) -> None:
-    async with _backend(redis_cluster.url) as publisher:
-        await publisher.publish("jobs", {"job": 1})
-    async with _backend(redis_cluster.url) as first, _backend(redis_cluster.url) as second:
-        stream = first.consume(group="g")
+    async with _one_job_two_peers(redis_cluster.url) as (_, stream, second):
         # The task handling it is cancelled; the generator stays referenced, never closed: the
         # message's lease must lapse (claim_idle_ms=1000) although the partitions' pumps live on.
         took: list[Any] = []
@@ -587,7 +600,6 @@ async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_g
         again = await asyncio.wait_for(anext(other), 15)
         assert (again.message_id, again.delivery_count) == (taken.message_id, 2)
         await other.aclose()
-        await stream.aclose()
 
 
 async def test_broadcast_consumers_each_get_every_message_of_every_partition(
@@ -632,10 +644,7 @@ async def test_a_stream_pattern_finds_unregistered_streams_in_every_partition(
 async def test_a_message_returned_to_a_task_that_ended_normally_stays_leased(
     redis_cluster: RedisClusterHandle,
 ) -> None:
-    async with _backend(redis_cluster.url) as publisher:
-        await publisher.publish("jobs", {"job": 1})
-    async with _backend(redis_cluster.url) as first, _backend(redis_cluster.url) as second:
-        stream = first.consume(group="g")
+    async with _one_job_two_peers(redis_cluster.url) as (first, stream, second):
         # A driver running each anext() in a task of its own: the task returns, the message is
         # still being handled, and must not lapse to a peer (claim_idle_ms=1000).
         taken = await asyncio.create_task(anext(stream))
@@ -647,7 +656,6 @@ async def test_a_message_returned_to_a_task_that_ended_normally_stays_leased(
         pulling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pulling
-        await stream.aclose()
 
 
 async def test_a_user_confined_to_its_prefix_publishes_and_consumes_on_a_cluster(
