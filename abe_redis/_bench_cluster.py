@@ -24,6 +24,7 @@ from redis.crc import key_slot
 
 from . import RedisStreamsBackend
 from ._bench_timing import seconds_until
+from ._codec import to_str
 from ._topology import build_topology_client, parse_topology
 
 CLUSTER_PUBLISHERS = 64
@@ -83,7 +84,7 @@ async def _stored(raw: RedisCluster, pattern: str) -> list[str]:
     found: list[str] = []
     for node in raw.get_primaries():
         keys: Any = await raw.keys(pattern, target_nodes=node)
-        found += [k.decode() if isinstance(k, bytes) else str(k) for k in keys]
+        found += [to_str(k) for k in keys]
     return found
 
 

@@ -45,6 +45,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._codec import to_str
 from ._errors import ConfigurationError
 from ._redact import MASK, redact_text, redact_url
 
@@ -361,7 +362,7 @@ _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
 def _stream_read_keys(args: Sequence[Any]) -> list[Any]:
     """The stream names of ``XREAD[GROUP] … STREAMS k1 … kn id1 … idn`` (after its command name)."""
     for index, arg in enumerate(args):
-        word = arg.decode() if isinstance(arg, bytes) else arg
+        word = to_str(arg) if isinstance(arg, bytes) else arg
         if isinstance(word, str) and word.upper() == "STREAMS":
             rest = args[index + 1 :]
             return list(rest[: len(rest) // 2])
