@@ -10,7 +10,6 @@ import argparse
 import functools
 import json
 import multiprocessing
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -99,8 +98,16 @@ def _results(seeds: range, options: dict[str, Any], jobs: int) -> Iterator[Simul
         for seed in seeds:
             yield run_seed(seed, **options)
         return
-    # fork: the workers start with everything imported; elsewhere fork is not safe.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # Not fork: a caller with threads (pytest's plugins, an embedded server) may hold a lock a
+    # forked child would wait on forever. A fork server starts once, with the simulator
+    # imported, and the workers fork from it.
+    context: multiprocessing.context.BaseContext
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        server = multiprocessing.get_context("forkserver")
+        server.set_forkserver_preload([__name__])
+        context = server
+    else:
+        context = multiprocessing.get_context("spawn")
     with context.Pool(jobs) as pool:
         yield from pool.imap(functools.partial(_run_one, options), seeds)
 
