@@ -39,7 +39,7 @@ from rich.table import Table
 
 from . import RedisStreamsBackend, __version__
 from ._bench_cluster import local_cluster, run_cluster_workloads
-from ._bench_timing import seconds_until
+from ._bench_timing import our_consume, seconds_until
 from ._cli_common import CliError
 from ._publisher import Publisher
 from ._redact import redact_text
@@ -471,7 +471,7 @@ class Bench:
                         await self.fill(key, per_stream - 1, payload, advance)
                         advance(1)
                 with self.step(f"{name}: {impl}", n) as advance:
-                    seconds = await self._our_consume(backend, n, consumers, advance)
+                    seconds = await our_consume(backend, n, consumers, advance)
                 batch = backend.config.batch_size
                 self.add(Result(name, impl, n, seconds, note=f"{note}, batch_size {batch}"))
 
@@ -498,27 +498,6 @@ class Bench:
                     finished.set_result(time.perf_counter())
 
         return await seconds_until(finished, (consumer(f"c{i}") for i in range(consumers)))
-
-    async def _our_consume(
-        self, backend: RedisStreamsBackend, n: int, consumers: int, advance: Callable[[int], None]
-    ) -> float:
-        got = 0
-        finished = asyncio.get_running_loop().create_future()
-
-        async def consumer() -> None:
-            nonlocal got
-            stream = backend.consume()
-            try:
-                async for _ in stream:
-                    got += 1
-                    if got % 500 == 0:
-                        advance(500)
-                    if got >= n and not finished.done():
-                        finished.set_result(time.perf_counter())
-            finally:
-                await stream.aclose()
-
-        return await seconds_until(finished, (consumer() for _ in range(consumers)))
 
     # -- latency ---------------------------------------------------------------------------
 

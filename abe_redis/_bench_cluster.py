@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from . import RedisStreamsBackend
-from ._bench_timing import seconds_until
+from ._bench_timing import our_consume, seconds_until
 from ._codec import to_str
 from ._topology import build_topology_client, parse_topology
 
@@ -188,7 +188,7 @@ async def run_cluster_workloads(
                         advance(k)
             try:
                 with step(f"{name}: ours", n) as advance:
-                    seconds = await _our_consume(backend, n, advance)
+                    seconds = await our_consume(backend, n, 1, advance)
             except Exception as exc:  # consuming from a cluster may not be built in this version
                 rows[-1].note += f"; ours not measured: {type(exc).__name__}: {exc}"
             else:
@@ -254,19 +254,3 @@ async def _raw_consume(
                 await asyncio.sleep(0)
 
     return await seconds_until(finished, (reader(key) for key in keys))
-
-
-async def _our_consume(backend: RedisStreamsBackend, n: int, advance: Callable[[int], None]) -> float:
-    got = 0
-    stream = backend.consume()
-    started = time.perf_counter()
-    try:
-        async for _ in stream:
-            got += 1
-            if got % 500 == 0:
-                advance(500)
-            if got >= n:
-                break
-    finally:
-        await stream.aclose()
-    return time.perf_counter() - started

@@ -43,3 +43,22 @@ async def test_the_workers_are_cancelled_when_the_wait_is() -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(seconds_until(finished, (worker() for _ in range(2))), 0.05)
     assert cancelled == [1, 1]
+
+
+async def test_a_worker_that_fails_ends_the_wait_with_its_error() -> None:
+    finished: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    cancelled: list[int] = []
+
+    async def broken() -> None:
+        raise ValueError("no consumer from a cluster in this version")
+
+    async def waiting() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+
+    with pytest.raises(ValueError, match="no consumer"):
+        await asyncio.wait_for(seconds_until(finished, [broken(), waiting()]), 5)
+    assert cancelled == [1]
