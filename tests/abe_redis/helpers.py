@@ -25,6 +25,24 @@ async def take(stream: AsyncGenerator[Any], n: int, wait_s: float = WAIT_S) -> l
     return got
 
 
+async def taken_by_a_task_then_cancelled(stream: AsyncGenerator[Any], wait_s: float = WAIT_S) -> Any:
+    """The next message of ``stream``, taken in a task that is cancelled while it holds it. The
+    caller keeps ``stream`` referenced and unclosed: a consumer whose task died without closing it."""
+    took: list[Any] = []
+    holding = asyncio.Event()
+
+    async def worker() -> None:
+        took.append(await anext(stream))
+        holding.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(worker())
+    await asyncio.wait_for(holding.wait(), wait_s)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return took[0]
+
+
 def own_keys(keys: BackendKeys, group: str = "g", consumer: str = "c") -> list[str]:
     """Every key the backend keeps besides the streams, for one group and consumer: the list to
     hold against a rule every one of them must keep (the key prefix, one slot per partition)."""

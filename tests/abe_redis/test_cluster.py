@@ -25,7 +25,7 @@ from abe_redis._partitions import Partitions, partition_of, partition_tags
 from abe_redis._topology import CLUSTER_SLOTS
 from abe_redis_testing.servers import RedisClusterHandle, RedisServer
 
-from .helpers import own_keys, take
+from .helpers import own_keys, take, taken_by_a_task_then_cancelled
 
 FAST = {
     "block_ms": 200,
@@ -583,19 +583,7 @@ async def test_a_consumer_whose_task_ended_without_closing_it_lets_its_message_g
     async with _one_job_two_peers(redis_cluster.url) as (_, stream, second):
         # The task handling it is cancelled; the generator stays referenced, never closed: the
         # message's lease must lapse (claim_idle_ms=1000) although the partitions' pumps live on.
-        took: list[Any] = []
-        handling = asyncio.Event()
-
-        async def worker() -> None:
-            took.append(await anext(stream))
-            handling.set()
-            await asyncio.sleep(3600)
-
-        task = asyncio.create_task(worker())
-        await asyncio.wait_for(handling.wait(), 10)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        [taken] = took
+        taken = await taken_by_a_task_then_cancelled(stream)
         other = second.consume(group="g")
         again = await asyncio.wait_for(anext(other), 15)
         assert (again.message_id, again.delivery_count) == (taken.message_id, 2)

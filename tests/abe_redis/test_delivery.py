@@ -13,7 +13,7 @@ from abe_redis._acks import ACK_FLUSH_S
 from abe_redis_testing import RedisBackendFactory
 from abe_redis_testing.servers import RedisServer
 
-from .helpers import take
+from .helpers import take, taken_by_a_task_then_cancelled
 
 
 async def _pending(client: Any, stream: str, group: str) -> int:
@@ -88,28 +88,15 @@ async def test_consumer_whose_task_ended_without_closing_lets_its_leases_lapse(
     become claimable after claim_idle_ms, not be held forever by the lease heartbeat."""
     publisher = queue_backend_factory()
     await publisher.publish("jobs", {"job": "stuck"})
-    kept: list[Any] = []
-    handler_started = asyncio.Event()
-
-    async def worker() -> None:
-        stream = queue_backend_factory().consume(group="workers")
-        kept.append(stream)  # referenced: never closed, never garbage-collected
-        async for _ in stream:
-            handler_started.set()
-            await asyncio.sleep(3600)
-
-    task = asyncio.create_task(worker())
-    await asyncio.wait_for(handler_started.wait(), 10)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    stream = queue_backend_factory().consume(group="workers")  # referenced: never garbage-collected
+    await taken_by_a_task_then_cancelled(stream)
     started = time.monotonic()
     rescuer = queue_backend_factory().consume(group="workers")
     try:
         [again] = await take(rescuer, 1)
     finally:
         await rescuer.aclose()
-        for stream in kept:
-            await stream.aclose()
+        await stream.aclose()
     assert again == {"job": "stuck"}
     assert again.delivery_count == 2
     # Claimed once idle for claim_idle_ms (500 ms in the test settings), not before.
