@@ -198,6 +198,17 @@ class GroupReader:
                     self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
                     await backoff_sleep(self._failures)
                 continue
+            if self._buffer and self._membership.lapsed(time.monotonic()):
+                # Cut off past the name's TTL: until a heartbeat confirms the name, entries
+                # pending under it may be another consumer's, whatever a verify reads.
+                try:
+                    if not await self._membership.heartbeat():
+                        self._name_lost = True
+                except TRANSIENT_ERRORS as exc:
+                    self._failures += 1
+                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
+                    await backoff_sleep(self._failures)
+                continue
             if not self._buffer:
                 await self._fill()
                 continue
@@ -240,7 +251,8 @@ class GroupReader:
         now = time.monotonic()
         message = buffer[0]
         if (
-            acks.due(now)
+            self._membership.lapsed(now)
+            or acks.due(now)
             or leases.stale(message.stream, now)
             or not leases.hand(message.stream, message.message_id)
         ):
@@ -291,6 +303,9 @@ class GroupReader:
         buffer, when the lease went stale; False means it is someone else's now."""
         leases = self._leases
         if leases is None or self._name_lost:
+            return False
+        if self._membership.lapsed(time.monotonic()) and not await self._membership.heartbeat():
+            self._name_lost = True
             return False
         if leases.stale(message.stream):
             await leases.verify(message.stream)
@@ -748,6 +763,8 @@ class GroupReader:
                     next_refresh = time.monotonic() + refresh_s
                     # Renewing under a name another holds would renew the other's entries:
                     # nothing, once it is lost, until the loop has stepped aside (see _rejoin).
+                    if self._membership.lapsed(time.monotonic()) and not await self._membership.heartbeat():
+                        self._name_lost = True
                     if not self._name_lost:
                         lost = set(await leases.refresh())
                         if lost:

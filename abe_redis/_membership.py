@@ -72,6 +72,9 @@ class Membership:
         self._token = f"{PROCESS_TOKEN}:{uuid.uuid4().hex[:8]}"
         self._held_streams: set[str] = set()
         self.ttl_ms = max(config.claim_idle_ms, 3 * config.lease_refresh_ms, 1000)
+        self._confirmed_at = float("-inf")
+        """Monotonic time a command that (re)set the name lock's TTL was sent, last it succeeded:
+        the lock holds until at least ``ttl_ms`` after it."""
 
     def _candidates(self) -> Any:
         base = self._config.consumer_name
@@ -88,6 +91,7 @@ class Membership:
             # A sweep deleting the name's leftovers frees it in a moment, or its lock lapses.
             patience = time.monotonic() + self.ttl_ms / 1000
             while True:
+                sent = time.monotonic()
                 taken = await self._client.set(lock, self._token, nx=True, px=self.ttl_ms)
                 holder = "" if taken else _text(await self._client.get(lock)) or ""
                 if not holder.startswith(FORGETTING) or time.monotonic() > patience:
@@ -95,6 +99,7 @@ class Membership:
                 await asyncio.sleep(0.05)
             # Our own token: the SET took the lock, its reply was lost, and the retry found it held.
             if taken or holder == self._token:
+                self._confirmed_at = sent
                 self.name = str(candidate)
                 await self._announce()
                 return self.name
@@ -136,11 +141,21 @@ class Membership:
             )
             return False
         deadline = int(time.time() * 1000) + self.ttl_ms
+        sent = time.monotonic()
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.pexpire(lock, self.ttl_ms)
             pipe.zadd(self._keys.consumers(self._group), {self.name: deadline})
             await pipe.execute()
+        self._confirmed_at = sent
         return True
+
+    def lapsed(self, now: float) -> bool:
+        """Whether the name's lock may have expired since it was last confirmed (cut off from
+        Redis for longer than its TTL): another consumer may hold the name now. Until a
+        :meth:`heartbeat` says otherwise, this consumer must hand out nothing, and must not trust
+        a pending entry listed under the name as its own: it may be the other's (simulate seed
+        158 with unresent lease commands). A fifth of the TTL is kept as margin for the clocks."""
+        return now - self._confirmed_at > self.ttl_ms / 1250
 
     def fresh(self) -> Membership:
         """A new membership in the same group, for a consumer whose name was taken over."""

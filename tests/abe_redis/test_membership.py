@@ -133,3 +133,53 @@ async def test_a_consumer_whose_name_passes_to_another_mid_wait_takes_nothing_mo
     finally:
         await consumer.aclose()
     assert first["n"] == 0
+
+
+async def test_a_consumer_cut_off_past_its_names_ttl_hands_out_nothing_until_a_heartbeat_confirms_it(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulator seeds 153 and 158: a consumer cut off from Redis for longer than its name's TTL
+    went on handing out what it had buffered. A consumer started meanwhile had taken the name and
+    resumed its pending entries, and the stale lease's verification read them as still its own
+    (listed under the same name): both handled them. Past the TTL, nothing is handed out until
+    a heartbeat confirms the name; when it has passed on, the consumer steps aside."""
+    import asyncio
+
+    from .helpers import WAIT_S
+
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    backend = queue_backend_factory(consumer_name="w", claim_idle_ms=600, batch_size=3)
+    config = backend.config
+    reader = backend.group_reader("g")
+    for n in range(3):
+        await publisher.publish("lapsed", {"n": n})
+    try:
+        first = await asyncio.wait_for(reader.receive(), WAIT_S)  # two more wait in the buffer
+        assert (first["n"], reader.consumer) == (0, "w")
+        reader.done(first)
+
+        async def cut_off(self: Membership) -> bool:
+            raise RedisConnectionError("simulated: cut off")
+
+        monkeypatch.setattr(Membership, "heartbeat", cut_off)
+        await asyncio.sleep(1.2)  # past the name lock's TTL (1 s): it lapses on the server
+        other = Membership(client, config, group="g")
+        assert await other.join() == "w"  # a consumer started meanwhile, resuming w's entries
+        handing = asyncio.create_task(reader.receive())
+        await asyncio.sleep(0.5)
+        assert not handing.done()  # n=1 and n=2 are the other's now
+        monkeypatch.undo()  # reconnected: the heartbeat finds the name taken
+        await publisher.publish("lapsed", {"n": 3})
+        after = await asyncio.wait_for(handing, WAIT_S)
+        assert reader.consumer == "w-2"
+        # Taken under the new name: n=3, or an entry the other left idle (it renews nothing
+        # here), claimed with its second delivery counted.
+        assert after["n"] == 3 or after.delivery_count == 2
+        [mine] = await client.xpending_range(
+            "lapsed", "g", min=after.message_id, max=after.message_id, count=1
+        )
+        assert mine["consumer"] == b"w-2"
+    finally:
+        await reader.aclose()
+        await backend.aclose()
