@@ -166,6 +166,21 @@ def dedicated_client(client: Redis) -> Redis:
     return Redis(connection_pool=pool)
 
 
+def unresent_client(client: Redis, *, connections: int) -> Redis:
+    """A client of a few connections of its own, to the same server as ``client`` (real or fake),
+    that never resends a command: for a consumer's lease commands. redis-py resends a command
+    whose reply was lost once it has reconnected, which for a renewal (``XCLAIM`` with
+    min-idle 0) or a release may be seconds later, after a peer rightly claimed the entry: the
+    resend steals it back and both hand it out. Callers wait for a free connection."""
+    shared = client.connection_pool
+    kwargs = dict(shared.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    pool = BlockingConnectionPool(
+        connection_class=shared.connection_class, max_connections=connections, timeout=None, **kwargs
+    )
+    return Redis(connection_pool=pool)
+
+
 def dedicated_cluster_client(config: RedisConfig, *, connections: int) -> Redis:
     """A Redis Cluster client of a consumer's own, for the commands by which it takes entries:
     up to ``connections`` per node, so that each of its blocking reads has one, and no retries

@@ -41,6 +41,7 @@ from ._connection import (
     is_out_of_memory,
     is_wrong_type,
     setup_error,
+    unresent_client,
 )
 from ._errors import BackendClosedError, PoisonMessageError, RedisSetupError
 from ._lease import LeaseTable
@@ -141,6 +142,7 @@ class GroupReader:
         # default the configured prefetch (readers sharing one bound pass their share's lender).
         self._prefetch = prefetch
         self._taker: Any = None
+        self._lease_client: Any = None
         self._acks_ride_reads = False
         self._leases: LeaseTable | None = None
         self._acks: AckQueue | None = None
@@ -415,8 +417,14 @@ class GroupReader:
         # Only a configured name can have a previous incarnation with entries to resume.
         self._resumed = not self._membership.configured
         config = self._config
+        # Lease commands go over connections that never resend: a renewal or release resent by
+        # redis-py after a lost reply runs late, after a peer may have rightly claimed the entry,
+        # and steals it back. A failed one surfaces, and the table verifies before trying again.
+        self._lease_client = (
+            unresent_client(self._client, connections=4) if isinstance(self._client, Redis) else self._client
+        )
         self._leases = LeaseTable(
-            self._client,
+            self._lease_client,
             group=self.group,
             consumer=name,
             claim_idle_ms=config.claim_idle_ms,
@@ -834,6 +842,8 @@ class GroupReader:
         finally:
             if self._taker is not None:
                 await close_client(self._taker)
+            if self._lease_client is not None and self._lease_client is not self._client:
+                await close_client(self._lease_client)
 
     async def _closing_step(self, what: str, step: Callable[[], Awaitable[Any]]) -> None:
         for attempt in range(3):

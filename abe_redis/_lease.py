@@ -126,14 +126,28 @@ class LeaseTable:
         if not streams:
             return lost
         sent = time.monotonic()
-        async with self._client.pipeline(transaction=False) as pipe:
-            for stream in streams:
-                pipe.xclaim(stream, self._group, self.consumer, 0, list(self._held[stream]), justid=True)
-            await pipe.execute(raise_on_error=False)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xclaim(stream, self._group, self.consumer, 0, list(self._held[stream]), justid=True)
+                await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._unsure(streams)
+            raise
         for stream in streams:
             if stream in self._refreshed_at:
                 self._refreshed_at[stream] = sent
         return lost
+
+    def _unsure(self, streams: Iterable[str]) -> None:
+        """A renewal or release whose outcome is unknown (its reply was lost; it may have run, or
+        not): a peer may claim the entries meanwhile, and a blind second try (min-idle 0) would
+        steal them back, so they count as stale, to be verified before they are renewed or
+        handed out. The client sending these never resends by itself (see
+        :func:`abe_redis._connection.unresent_client`)."""
+        for stream in streams:
+            if stream in self._refreshed_at:
+                self._refreshed_at[stream] = float("-inf")
 
     async def verify(self, stream: str) -> list[str]:
         """Re-check ownership of a stale stream's leases; drop and return the ids lost to a peer.
@@ -198,9 +212,13 @@ class LeaseTable:
         """Count one more delivery of a held entry (a retry within this consumer), in Redis too,
         so that the attempt survives a restart. Returns the new count."""
         lease = self._held[stream][entry_id]
-        await self._client.xclaim(
-            stream, self._group, self.consumer, 0, [entry_id], retrycount=lease.count + 1, justid=True
-        )
+        try:
+            await self._client.xclaim(
+                stream, self._group, self.consumer, 0, [entry_id], retrycount=lease.count + 1, justid=True
+            )
+        except BaseException:
+            self._unsure([stream])
+            raise
         lease.count += 1
         lease.handed = True
         return lease.count
@@ -240,7 +258,11 @@ class LeaseTable:
                         justid=True,
                     )
             if len(pipe):
-                await pipe.execute()
+                try:
+                    await pipe.execute()
+                except BaseException:
+                    self._unsure(chosen)
+                    raise
         if entries is None:
             self.clear()
         else:

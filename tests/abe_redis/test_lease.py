@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
+
+import pytest
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from abe_redis_testing import RedisBackendFactory
 
@@ -180,6 +185,43 @@ async def test_verification_never_steals_back_what_a_peer_claims_between_its_two
     assert not leases.holds("verify-race", entry_id)
     [pending] = await client.xpending_range("verify-race", "g", min="-", max="+", count=10)
     assert (pending["consumer"], pending["times_delivered"]) == (b"peer", 2)
+
+
+async def test_a_renewal_whose_reply_was_lost_is_verified_not_resent_over_a_peers_claim(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulator seeds 77, 119, 140: redis-py resent a renewal (XCLAIM min-idle 0) whose reply
+    was lost once it had reconnected, after a peer had rightly claimed the entry, and stole it
+    back. Lease commands go over a client that never resends; an unknown outcome makes the
+    lease stale, and the next renewal verifies first."""
+    from abe_redis._connection import unresent_client
+    from abe_redis._lease import LeaseTable
+
+    client, _, entry_id = await _one_held_entry(queue_backend_factory, "renew-lost")
+    leases = LeaseTable(
+        unresent_client(client, connections=1), group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300
+    )
+    leases.take("renew-lost", [(entry_id, 1)], at=time.monotonic())
+    original = Pipeline._execute_pipeline
+    lost: list[bool] = []
+
+    async def reply_lost(self: Pipeline, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        reply = await original(self, connection, commands, raise_on_error)
+        if not lost and any(args[0] == "XCLAIM" for args, _ in commands):
+            lost.append(True)
+            raise RedisConnectionError("simulated: reply lost after the command ran")
+        return reply
+
+    monkeypatch.setattr(Pipeline, "_execute_pipeline", reply_lost)
+    with pytest.raises(RedisConnectionError):
+        await leases.refresh()
+    assert lost == [True]  # sent once, never again by redis-py
+    assert leases.stale("renew-lost")
+    await client.xclaim("renew-lost", "g", "peer", 0, [entry_id])  # rightly, once it looked idle
+    assert await leases.refresh() == [("renew-lost", entry_id)]
+    assert not leases.holds("renew-lost", entry_id)
+    [pending] = await client.xpending_range("renew-lost", "g", min="-", max="+", count=10)
+    assert pending["consumer"] == b"peer"
 
 
 async def test_verification_keeps_what_this_consumer_renewed_between_its_two_commands(

@@ -26,6 +26,12 @@ FOUND: dict[tuple[int, tuple[str, ...]], str] = {
     "and came back to a value a consumer had cached: it never noticed the loss nor put back a stream "
     "that a peer's XGROUP CREATE MKSTREAM had recreated (so publishes took the NOMKSTREAM path and "
     "registered nothing), and a group that had not met that stream never read it",
+    (76, FAULT_KINDS): "redis-py resent a lease renewal whose reply was lost after reconnecting, "
+    "when a peer had rightly claimed the entry, and stole it back",
+    (77, FAULT_KINDS): "redis-py resent a lease renewal whose reply was lost after reconnecting, "
+    "when a peer had rightly claimed the entry, and stole it back",
+    (153, FAULT_KINDS): "a consumer cut off past its name's TTL handed out its buffer: a consumer "
+    "started meanwhile had taken the name and resumed the entries, which verification read as its own",
     (76, HANDLERS): "a sweep deleted a gone name from the group just after a restarted consumer "
     "took the name and read an entry under it: the entry left the pending list, never handled",
 }
