@@ -224,6 +224,39 @@ async def test_a_renewal_whose_reply_was_lost_is_verified_not_resent_over_a_peer
     assert pending["consumer"] == b"peer"
 
 
+async def test_a_verification_whose_read_lost_its_reply_reads_again(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulator seed 42: over the lease client, which never resends, a lost XPENDING reply failed
+    the verification before each release on close, three times over; the entries were left to
+    lapse, each peer's claim counted one delivery more, and they were dead-lettered after two
+    handler deliveries. XPENDING only reads: it is read again."""
+    from abe_redis._connection import unresent_client
+    from abe_redis._lease import LeaseTable
+
+    client, _, entry_id = await _one_held_entry(queue_backend_factory, "verify-lost")
+    leases = LeaseTable(
+        unresent_client(client, connections=1), group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300
+    )
+    leases.take("verify-lost", [(entry_id, 1)], at=0.0)  # stale: verified before a release
+    original = Pipeline._execute_pipeline
+    lost: list[bool] = []
+
+    async def reply_lost(self: Pipeline, connection: Any, commands: Any, raise_on_error: bool) -> Any:
+        reply = await original(self, connection, commands, raise_on_error)
+        if not lost and any(args[0] == "XPENDING" for args, _ in commands):
+            lost.append(True)
+            raise RedisConnectionError("simulated: reply lost after the command ran")
+        return reply
+
+    monkeypatch.setattr(Pipeline, "_execute_pipeline", reply_lost)
+    await leases.release()
+    assert lost == [True]
+    [pending] = await client.xpending_range("verify-lost", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 0)  # released, uncounted
+    assert pending["time_since_delivered"] >= 1000  # claimable at once
+
+
 async def test_verification_keeps_what_this_consumer_renewed_between_its_two_commands(
     queue_backend_factory: RedisBackendFactory, monkeypatch: Any
 ) -> None:

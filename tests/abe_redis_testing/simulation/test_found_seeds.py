@@ -32,6 +32,9 @@ FOUND: dict[tuple[int, tuple[str, ...]], str] = {
     "when a peer had rightly claimed the entry, and stole it back",
     (153, FAULT_KINDS): "a consumer cut off past its name's TTL handed out its buffer: a consumer "
     "started meanwhile had taken the name and resumed the entries, which verification read as its own",
+    (42, FAULT_KINDS): "over the lease client, which never resends, lost XPENDING replies failed "
+    "the verification before each release on close; entries left to lapse were counted once more "
+    "per claim and falsely dead-lettered",
     (76, HANDLERS): "a sweep deleted a gone name from the group just after a restarted consumer "
     "took the name and read an entry under it: the entry left the pending list, never handled",
 }
