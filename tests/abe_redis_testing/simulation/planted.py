@@ -125,6 +125,9 @@ def _names_reused() -> Iterator[None]:
     async def join(self: Any) -> str:
         name = str(next(iter(self._candidates())))
         self.name = name
+        # As the real join does once it holds the name: without it the consumer counts its name
+        # as lapsed (never confirmed) and hands out nothing, which hides the bug.
+        self._confirmed_at = time.monotonic()
         await self._announce()
         return name
 
