@@ -58,6 +58,10 @@ class LeaseTable:
         self.released: dict[tuple[str, str], None] = {}
         """Handed-out entries this live consumer gave back: if it takes one back itself, that is
         a new delivery, unlike an orphan of a lost reply."""
+        self.uncounted: dict[tuple[str, str], int] = {}
+        """Entries a counting claim of this consumer may have taken (its reply was lost), with
+        the delivery count seen before it: whether it ran or not, the count to set when they are
+        taken (that count plus one) or released (that count) — see :meth:`may_hold`."""
 
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._held.values())
@@ -75,6 +79,15 @@ class LeaseTable:
             held[entry_id] = Lease(count)
         if stream not in self._refreshed_at or at < self._refreshed_at[stream]:
             self._refreshed_at[stream] = at
+
+    def may_hold(self, stream: str, counts: dict[str, int]) -> None:
+        """A counting claim of these entries (id: count seen before it) lost its reply: Redis
+        may have counted a delivery no handler will see. Taking them again must not count
+        another, and a close must release them with the count set back, or each take by the
+        next incarnation of a configured name adds one (simulate seed 111)."""
+        self.uncounted.update(((stream, entry_id), count) for entry_id, count in counts.items())
+        while len(self.uncounted) > _RELEASED_LIMIT:
+            del self.uncounted[next(iter(self.uncounted))]
 
     def hand(self, stream: str, entry_id: str) -> bool:
         """Mark a held entry as handed to the caller; False if it is no longer held."""
@@ -239,10 +252,23 @@ class LeaseTable:
         lease.handed = True
         return lease.count
 
+    def _adopt_uncounted(self) -> None:
+        """Lease what a lost counting claim may have taken, as never handed (count: the one seen
+        before the claim, plus one) and stale: the release verifies they are this consumer's
+        (a peer may hold them, or the claim never ran on another's) and sets the count back."""
+        for (stream, entry_id), count in self.uncounted.items():
+            held = self._held.setdefault(stream, {})
+            if entry_id not in held:
+                held[entry_id] = Lease(count + 1)
+                self._refreshed_at[stream] = float("-inf")
+        self.uncounted.clear()
+
     async def release(self, entries: Iterable[tuple[str, str]] | None = None) -> None:
         """Make held entries (default: all) claimable at once, counting no delivery for the
         ones never handed out."""
         wanted = None if entries is None else set(entries)
+        if entries is None:
+            self._adopt_uncounted()
         for stream in self.streams():
             if self.stale(stream) and (wanted is None or any(s == stream for s, _ in wanted)):
                 # A peer may have claimed some meanwhile: XCLAIM would steal them back and set

@@ -107,6 +107,15 @@ class Recovery:
                 self.more = True
                 break
             pending = pending[: room - len(taken)]
+            uncounted = self._leases.uncounted
+            if counted and any((stream, to_str(p["message_id"])) in uncounted for p in pending):
+                # Taken before by a claim whose reply was lost: counted already, or it never
+                # ran; either way taking them again sets the count, not adds to it.
+                again = [p for p in pending if (stream, to_str(p["message_id"])) in uncounted]
+                pending = [p for p in pending if (stream, to_str(p["message_id"])) not in uncounted]
+                taken += await self._take_back(stream, again)
+                if not pending:
+                    continue
             if counted:
                 # Guard with the idle time seen: if a peer's sweep claimed one meanwhile, its
                 # idle clock restarted and this claim skips it.
@@ -118,8 +127,10 @@ class Recovery:
 
     async def _take_back(self, stream: str, pending: list[dict[str, Any]]) -> list[Taken]:
         """Entries of this consumer's own pending list that it does not hold."""
-        released = self._leases.released
-        again = [p for p in pending if (stream, to_str(p["message_id"])) in released]
+        released, uncounted = self._leases.released, self._leases.uncounted
+        keys = [(stream, to_str(p["message_id"])) for p in pending]
+        # An entry of a lost counting claim is set to the count of that one take, below.
+        again = [p for p, key in zip(pending, keys, strict=True) if key in released and key not in uncounted]
         taken: list[Taken] = []
         if again:
             # Handed out before and given back by this consumer: taking one again is a delivery.
@@ -132,14 +143,28 @@ class Recovery:
                 return taken
         counts = {to_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
         idle = {to_str(p["message_id"]): int(p["time_since_delivered"]) for p in pending}
+        # An entry a counting claim of this consumer may have taken (its reply was lost) gets
+        # the count of that one take, set explicitly: Redis may hold one more or not.
+        recount = {i: uncounted[(stream, i)] + 1 for i in counts if (stream, i) in uncounted}
+        counts.update(recount)
         sent = time.monotonic()
         # JUSTID: restart the idle clock, leave the counter as the lost read set it. Each entry is
         # guarded by the idle time just seen: a peer that claimed it since the XPENDING restarted
         # that clock, and the entry is the peer's now, not an orphan to steal back.
         async with self._taker.pipeline(transaction=False) as pipe:
             for entry_id, seen in idle.items():
-                pipe.xclaim(stream, self._group, self.consumer, seen, [entry_id], justid=True)
+                pipe.xclaim(
+                    stream,
+                    self._group,
+                    self.consumer,
+                    seen,
+                    [entry_id],
+                    retrycount=recount.get(entry_id),
+                    justid=True,
+                )
             replies = await pipe.execute()
+        for entry_id in recount:
+            uncounted.pop((stream, entry_id), None)
         claimed_ids = [to_str(i) for reply in replies for i in reply]
         async with self._client.pipeline(transaction=False) as pipe:
             for entry_id in claimed_ids:
@@ -156,7 +181,16 @@ class Recovery:
         plus one, valid because ``min_idle`` excludes any entry someone touched since."""
         counts = {to_str(p["message_id"]): int(p["times_delivered"]) for p in pending}
         sent = time.monotonic()
-        claimed = await self._taker.xclaim(stream, self._group, self.consumer, min_idle, list(counts))
+        try:
+            claimed = await self._taker.xclaim(stream, self._group, self.consumer, min_idle, list(counts))
+        except BaseException:
+            # Outcome unknown: Redis may have counted a delivery of each, and this consumer may
+            # hold them. Remembered, so that neither a second take nor the next incarnation's
+            # counts another (see LeaseTable.may_hold).
+            self._leases.may_hold(stream, counts)
+            raise
+        for entry_id in counts:
+            self._leases.uncounted.pop((stream, entry_id), None)
         taken = [
             Taken(stream, to_str(i), f, counts.get(to_str(i), 0) + 1) for i, f in claimed if i is not None
         ]

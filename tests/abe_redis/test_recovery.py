@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from abe_redis import DeadLetters
 from abe_redis_testing import RedisBackendFactory
@@ -350,3 +351,91 @@ async def test_a_sweep_cancelled_while_it_forgets_a_name_ends_at_once(
     sweeping.cancel()
     [outcome] = await asyncio.wait_for(asyncio.gather(sweeping, return_exceptions=True), 2)
     assert isinstance(outcome, asyncio.CancelledError)
+
+
+class _LostClaimReply:
+    """The consumer's own connection, except that its first counting ``XCLAIM`` runs and then
+    loses its reply (the way the simulator's lossy link does)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.lost = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def xclaim(self, *args: Any, **kwargs: Any) -> Any:
+        reply = await self._client.xclaim(*args, **kwargs)
+        if not kwargs.get("justid") and not self.lost:
+            self.lost += 1
+            raise RedisConnectionError("reply lost after XCLAIM ran")
+        return reply
+
+
+async def _previous_incarnations_entry(client: Any, stream: str) -> str:
+    """An entry consumer ``mine`` read once (count 1) and still holds in Redis: what a consumer
+    restarting under that configured name resumes with a counting take."""
+    entry_id = (await client.xadd(stream, {"payload": b'{"n": 1}'})).decode()
+    await client.xgroup_create(stream, "g", id="0")
+    await client.xreadgroup("g", "mine", {stream: ">"}, count=1)
+    await asyncio.sleep(0.05)
+    return str(entry_id)
+
+
+async def test_a_counting_take_whose_reply_was_lost_counts_once_when_taken_again(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Simulator seed 111 (all faults): a consumer resuming its name's pending entries claims
+    them, counting a delivery; the reply is lost, so it leased nothing, and its next look found
+    them pending under its name with the count already raised and claimed them again, counting
+    another. A message was dead-lettered after 3 handler deliveries of 4 allowed."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    entry_id = await _previous_incarnations_entry(client, "lost-take")
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    taker = _LostClaimReply(client)
+    recovery = Recovery(client, taker, backend.config, group="g", leases=leases, membership_ttl_ms=1000)
+    with pytest.raises(RedisConnectionError):
+        await recovery.own_pending(["lost-take"], 10, counted=True)
+    assert taker.lost == 1
+    assert recovery.collect() == []
+    [taken] = await recovery.own_pending(["lost-take"], 10, counted=True)
+    assert (taken.entry_id, taken.count, taken.fields) == (entry_id, 2, {b"payload": b'{"n": 1}'})
+    assert leases.holds("lost-take", entry_id)
+    [pending] = await client.xpending_range("lost-take", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 2)
+
+
+async def test_a_close_after_a_counting_take_whose_reply_was_lost_sets_the_count_back(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """The same lost reply, then the consumer closes before looking again: the entries it may
+    have taken are verified and released with the count they had before the take, so the next
+    incarnation's take counts one delivery, not two."""
+    from abe_redis._lease import LeaseTable
+    from abe_redis._recovery import Recovery
+
+    backend = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    entry_id = await _previous_incarnations_entry(client, "lost-close")
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    recovery = Recovery(
+        client, _LostClaimReply(client), backend.config, group="g", leases=leases, membership_ttl_ms=1000
+    )
+    with pytest.raises(RedisConnectionError):
+        await recovery.own_pending(["lost-close"], 10, counted=True)
+    await leases.release()
+    [pending] = await client.xpending_range("lost-close", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
+    assert pending["time_since_delivered"] >= 1000  # released: claimable at once
+    assert len(leases) == 0
+
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    recovery = Recovery(client, client, backend.config, group="g", leases=leases, membership_ttl_ms=1000)
+    [taken] = await recovery.own_pending(["lost-close"], 10, counted=True)
+    assert (taken.entry_id, taken.count) == (entry_id, 2)
+    [pending] = await client.xpending_range("lost-close", "g", min="-", max="+", count=10)
+    assert pending["times_delivered"] == 2

@@ -35,6 +35,9 @@ FOUND: dict[tuple[int, tuple[str, ...]], str] = {
     (42, FAULT_KINDS): "over the lease client, which never resends, lost XPENDING replies failed "
     "the verification before each release on close; entries left to lapse were counted once more "
     "per claim and falsely dead-lettered",
+    (111, FAULT_KINDS): "a counting claim of a previous incarnation's entries lost its reply; the "
+    "consumer looked again and claimed them once more, counting a delivery no handler saw, and one "
+    "was dead-lettered after 3 handler deliveries of 4",
     (76, HANDLERS): "a sweep deleted a gone name from the group just after a restarted consumer "
     "took the name and read an entry under it: the entry left the pending list, never handled",
 }
