@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._errors import PublishOutcomeUnknownError
-from ._publisher import FieldsT, Publisher, _entry_id
+from ._publisher import FieldsT, Publisher, entry_id
 
 __all__ = ["ClusterPublisher"]
 
@@ -303,4 +303,4 @@ class ClusterPublisher:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        return _entry_id(replies[1])
+        return entry_id(replies[1])

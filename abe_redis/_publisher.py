@@ -105,7 +105,8 @@ def _pack(nargs: int, head: bytes, fields: FieldsT) -> bytes:
     return b"".join(parts)
 
 
-def _entry_id(reply: Any) -> str | None:
+def entry_id(reply: Any) -> str | None:
+    """An ``XADD`` reply as the entry id; ``None`` when ``NOMKSTREAM`` found no stream."""
     if reply is None:
         return None
     return reply.decode() if isinstance(reply, bytes) else str(reply)
@@ -156,7 +157,7 @@ class Publisher:
         self._queue.append(entry)
         if not self._busy:
             await self._lead_for([entry])
-        return _entry_id(await entry.waiter)
+        return entry_id(await entry.waiter)
 
     async def xadd_many(
         self, stream: str, fields_list: Sequence[FieldsT], *, maxlen: int | None, nomkstream: bool
@@ -181,7 +182,7 @@ class Publisher:
             self._queue.append(entry)
         if not self._busy:
             await self._lead_for(entries)
-        results = [_entry_id(reply) for reply in await asyncio.gather(*(e.waiter for e in entries))]
+        results = [entry_id(reply) for reply in await asyncio.gather(*(e.waiter for e in entries))]
         ids = [entry_id for entry_id in results if entry_id is not None]
         if len(ids) == len(results):
             return ids
