@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from ._codec import decode_fields
 from ._config import RedisConfig
 from ._connection import TRANSIENT_ERRORS, close_client, dedicated_client, is_missing_group, setup_error
-from ._delivery import Throttle, backoff_sleep
+from ._delivery import Throttle, wait_out
 from ._errors import PoisonMessageError
 from ._message import ReceivedMessage
 from ._reads import stream_entries
@@ -63,12 +63,8 @@ class BroadcastReader:
                 )
                 failures = 0
             except TRANSIENT_ERRORS as exc:
-                fatal = setup_error(exc)
-                if fatal is not None:
-                    raise fatal from None
                 failures += 1
-                self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                await backoff_sleep(failures)
+                await wait_out(exc, failures, self._throttle)
                 continue
             except ResponseError as exc:
                 fatal = setup_error(exc)

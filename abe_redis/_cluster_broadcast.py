@@ -18,7 +18,7 @@ from typing import Any
 from ._broadcast import BroadcastReader
 from ._cluster_reader import CLUSTER_TRANSIENT_ERRORS
 from ._connection import close_client, dedicated_cluster_client
-from ._delivery import Throttle, backoff_sleep
+from ._delivery import Throttle, wait_out
 from ._message import ReceivedMessage
 from ._partitions import Partitions
 from ._registry import StreamRegistry
@@ -66,8 +66,7 @@ async def cluster_broadcast(
                 # The reader starts again from the server's clock: what was published during the
                 # pause is missed, as for any broadcast consumer that was not reading.
                 failures += 1
-                throttle.warn("redis cluster unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                await backoff_sleep(failures)
+                await wait_out(exc, failures, throttle, what="redis cluster")
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     errors.append(exc)

@@ -25,8 +25,8 @@ from typing import Any
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 
 from ._budget import PrefetchBudget
-from ._connection import TRANSIENT_ERRORS, close_client, dedicated_cluster_client, setup_error
-from ._delivery import GroupReader, Throttle, backoff_sleep
+from ._connection import TRANSIENT_ERRORS, close_client, dedicated_cluster_client
+from ._delivery import GroupReader, Throttle, wait_out
 from ._errors import BackendClosedError
 from ._liveness import caller_gone
 from ._message import ReceivedMessage
@@ -165,12 +165,8 @@ class ClusterReader:
                 self._ready.appendleft((index, message))
                 if not isinstance(exc, (*TRANSIENT_ERRORS, *CLUSTER_TRANSIENT_ERRORS)):
                     raise
-                fatal = setup_error(exc)
-                if fatal is not None:
-                    raise fatal from None
                 failures += 1
-                self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                await backoff_sleep(failures)
+                await wait_out(exc, failures, self._throttle)
                 continue
             self._taken[index].set()
             if mine:
@@ -189,11 +185,8 @@ class ClusterReader:
                 try:
                     message = await reader.receive()
                 except CLUSTER_TRANSIENT_ERRORS as exc:
-                    if setup_error(exc) is not None:
-                        raise
                     failures += 1
-                    throttle.warn("redis cluster unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                    await backoff_sleep(failures)
+                    await wait_out(exc, failures, throttle, what="redis cluster")
                     continue
                 failures = 0
                 self.budget.delivered(index)

@@ -56,7 +56,7 @@ from .metrics import NULL_METRICS, MetricsHook, emit
 
 log = logging.getLogger("abe_redis")
 
-__all__ = ["ACK_FLUSH_S", "GroupReader", "Throttle", "backoff_sleep"]
+__all__ = ["ACK_FLUSH_S", "GroupReader", "Throttle", "backoff_sleep", "wait_out"]
 
 MAX_BACKOFF_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
@@ -86,6 +86,17 @@ class Throttle:
 async def backoff_sleep(failures: int) -> None:
     delay = min(MAX_BACKOFF_S, 0.05 * 2 ** min(failures, 10))
     await asyncio.sleep(delay / 2 + random.random() * delay / 2)
+
+
+async def wait_out(exc: BaseException, failures: int, throttle: Throttle, *, what: str = "redis") -> None:
+    """Back off after the ``failures``-th transient error in a row, with a throttled warning.
+    An error that is really a setup problem (credentials, rights) is raised as
+    :class:`~abe_redis.RedisSetupError` instead: waiting would not fix it."""
+    fatal = setup_error(exc)
+    if fatal is not None:
+        raise fatal from None
+    throttle.warn("%s unavailable (%s), retrying: %s", what, type(exc).__name__, exc)
+    await backoff_sleep(failures)
 
 
 class Leased(NamedTuple):
@@ -395,13 +406,9 @@ class GroupReader:
         except ResponseError as exc:
             await self._on_response_error(exc)
         except TRANSIENT_ERRORS as exc:
-            fatal = setup_error(exc)
-            if fatal is not None:
-                raise fatal from None
             self._failures += 1
-            self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
             self._orphan_check.update(self._streams.streams)
-            await backoff_sleep(self._failures)
+            await wait_out(exc, self._failures, self._throttle)
 
     async def _start(self) -> None:
         self._taker = self._given_taker if self._given_taker is not None else dedicated_client(self._client)
