@@ -45,7 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._errors import PublishOutcomeUnknownError
-from ._publisher import FieldsT, Publisher, entry_id
+from ._publisher import FieldsT, Publisher, completed, entry_id
 
 __all__ = ["ClusterPublisher"]
 
@@ -188,16 +188,7 @@ class ClusterPublisher:
                 # Refused by the node, so not written: the retrying path sends it again.
                 got = await self.xadd(stream, fields, maxlen=maxlen, nomkstream=nomkstream)
             results.append(got)
-        ids = [entry_id for entry_id in results if entry_id is not None]
-        if len(ids) == len(results):
-            return ids
-        if not ids:
-            return None
-        refused = [fields for fields, got in zip(fields_list, results, strict=True) if got is None]
-        again = await self.xadd_many(stream, refused, maxlen=maxlen, nomkstream=False)
-        assert again is not None
-        it = iter(again)
-        return [got if got is not None else next(it) for got in results]
+        return await completed(self, stream, fields_list, results, maxlen=maxlen)
 
     async def aclose(self) -> None:
         """Send everything already accepted, then give the connections back. Safe to call twice."""

@@ -25,7 +25,7 @@ import collections
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -112,6 +112,36 @@ def entry_id(reply: Any) -> str | None:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
+class _AppendsMany(Protocol):
+    async def xadd_many(
+        self, stream: str, fields_list: Sequence[FieldsT], *, maxlen: int | None, nomkstream: bool
+    ) -> list[str] | None: ...
+
+
+async def completed(
+    publisher: _AppendsMany,
+    stream: str,
+    fields_list: Sequence[FieldsT],
+    results: list[str | None],
+    *,
+    maxlen: int | None,
+) -> list[str] | None:
+    """The ids of an ``xadd_many`` whose entries got ``results`` (``None``: refused by
+    NOMKSTREAM): ``None`` if nothing was written, else every id, the refused entries appended
+    again without NOMKSTREAM (the stream appeared or vanished midway), so that the call never
+    half-succeeds."""
+    ids = [got for got in results if got is not None]
+    if len(ids) == len(results):
+        return ids
+    if not ids:
+        return None
+    refused = [fields for fields, got in zip(fields_list, results, strict=True) if got is None]
+    again = await publisher.xadd_many(stream, refused, maxlen=maxlen, nomkstream=False)
+    assert again is not None
+    it = iter(again)
+    return [got if got is not None else next(it) for got in results]
+
+
 class Publisher:
     """Coalesces concurrent ``XADD`` calls into pipelined round trips on one pooled connection.
 
@@ -183,16 +213,7 @@ class Publisher:
         if not self._busy:
             await self._lead_for(entries)
         results = [entry_id(reply) for reply in await asyncio.gather(*(e.waiter for e in entries))]
-        ids = [entry_id for entry_id in results if entry_id is not None]
-        if len(ids) == len(results):
-            return ids
-        if not ids:
-            return None
-        refused = [fields for fields, got in zip(fields_list, results, strict=True) if got is None]
-        again = await self.xadd_many(stream, refused, maxlen=maxlen, nomkstream=False)
-        assert again is not None
-        it = iter(again)
-        return [got if got is not None else next(it) for got in results]
+        return await completed(self, stream, fields_list, results, maxlen=maxlen)
 
     async def aclose(self) -> None:
         """Send everything already accepted, then give the connection back. Later calls raise
