@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -508,15 +509,22 @@ def _recording_taker(
     return trips
 
 
+async def _numbered(
+    factory: RedisBackendFactory, key: str, count: int, *, batch_size: int
+) -> tuple[Any, AsyncGenerator[Any]]:
+    """A client to inspect ``key``, and a consumer in group ``g`` reading ``batch_size`` at a
+    time, of a stream holding ``{"n": 0}`` … ``{"n": count - 1}``."""
+    backend = factory(batch_size=batch_size)
+    for n in range(count):
+        await backend.publish(key, {"n": n})
+    return factory.client(), backend.consume(group="g")
+
+
 async def test_a_handled_batch_is_acknowledged_in_the_round_trip_of_the_next_read(
     queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trips = _recording_taker(monkeypatch)
-    backend = queue_backend_factory(batch_size=10)
-    client: Any = queue_backend_factory.client()
-    for n in range(30):
-        await backend.publish("ride", {"n": n})
-    stream = backend.consume(group="g")
+    client, stream = await _numbered(queue_backend_factory, "ride", 30, batch_size=10)
     try:
         got = await take(stream, 25)
         assert [m["n"] for m in got] == list(range(25))
@@ -534,11 +542,7 @@ async def test_acknowledgements_of_a_read_round_trip_that_failed_are_sent_again(
     queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trips = _recording_taker(monkeypatch, fail_first_ack_trip=True)
-    backend = queue_backend_factory(batch_size=5)
-    client: Any = queue_backend_factory.client()
-    for n in range(12):
-        await backend.publish("retry-acks", {"n": n})
-    stream = backend.consume(group="g")
+    client, stream = await _numbered(queue_backend_factory, "retry-acks", 12, batch_size=5)
     try:
         got = await take(stream, 12)
         assert [m["n"] for m in got] == list(range(12))  # each once, in order, none lost
