@@ -6,6 +6,7 @@ The default run is short; ``ABE_REDIS_DIFFERENTIAL_EXAMPLES`` raises it (the nig
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -64,12 +65,14 @@ def _both(real: Any, fake: Any, *commands: tuple[Any, ...]) -> tuple[Any, Any]:
     return run(real, commands[-1]), run(fake, commands[-1])
 
 
-def _key() -> str:
-    return f"abe-diff.{uuid.uuid4().hex[:8]}.s"
-
-
-def _cleanup(real: Any, key: str) -> None:
-    real.delete(key)
+@contextlib.contextmanager
+def _fresh_key(real: Any) -> Iterator[str]:
+    """A stream key no other test uses, deleted from the real server afterwards."""
+    key = f"abe-diff.{uuid.uuid4().hex[:8]}.s"
+    try:
+        yield key
+    finally:
+        real.delete(key)
 
 
 # One strict xfail per divergence the fuzzer found (KNOWN_DIVERGENCES); each asserts Redis's
@@ -82,8 +85,8 @@ def _cleanup(real: Any, key: str) -> None:
     "error instead of NOGROUP (the simulation's connection translates it)",
 )
 def test_xreadgroup_on_a_missing_stream_answers_nogroup(real: Any, fake: Any) -> None:
-    key = _key()
-    redis_reply, fake_reply = _both(real, fake, ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"))
+    with _fresh_key(real) as key:
+        redis_reply, fake_reply = _both(real, fake, ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"))
     assert redis_reply[0] == "error" and redis_reply[1].startswith("NOGROUP")
     assert fake_reply == redis_reply
 
@@ -94,13 +97,10 @@ def test_xreadgroup_on_a_missing_stream_answers_nogroup(real: Any, fake: Any) ->
     "where Redis answers nil",
 )
 def test_xpending_summary_of_an_empty_group(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real, fake, ("XGROUP", "CREATE", key, "g", "0", "MKSTREAM"), ("XPENDING", key, "g")
         )
-    finally:
-        _cleanup(real, key)
     assert redis_reply == ("ok", [0, None, None, None])
     assert fake_reply == redis_reply
 
@@ -110,8 +110,7 @@ def test_xpending_summary_of_an_empty_group(real: Any, fake: Any) -> None:
     reason="fakeredis: XINFO GROUPS (and CONSUMERS) list in creation order; Redis sorts by name",
 )
 def test_xinfo_groups_are_sorted_by_name(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -119,8 +118,6 @@ def test_xinfo_groups_are_sorted_by_name(real: Any, fake: Any) -> None:
             ("XGROUP", "CREATE", key, "g1", "0"),
             ("XINFO", "GROUPS", key),
         )
-    finally:
-        _cleanup(real, key)
     assert [g[b"name"] for g in redis_reply[1]] == [b"g1", b"g2"]
     assert fake_reply == redis_reply
 
@@ -133,8 +130,7 @@ def test_xinfo_groups_are_sorted_by_name(real: Any, fake: Any) -> None:
 def test_a_read_of_nothing_creates_no_consumer_on_redis_7_0(real: Any, fake: Any) -> None:
     if b"redis_version:7.0." not in run(real, ("INFO", "server"))[1]:
         pytest.skip("Redis 7.0 behaviour")
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -142,8 +138,6 @@ def test_a_read_of_nothing_creates_no_consumer_on_redis_7_0(real: Any, fake: Any
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"),
             ("XINFO", "CONSUMERS", key, "g"),
         )
-    finally:
-        _cleanup(real, key)
     assert redis_reply == ("ok", [])
     assert fake_reply == redis_reply
 
@@ -154,11 +148,8 @@ def test_a_read_of_nothing_creates_no_consumer_on_redis_7_0(real: Any, fake: Any
     "idmp-maxsize, pids-tracked, iids-*) whatever version it emulates",
 )
 def test_xinfo_stream_has_the_fields_of_the_emulated_version(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(real, fake, ("XADD", key, "1-0", "f", "v"), ("XINFO", "STREAM", key))
-    finally:
-        _cleanup(real, key)
     assert b"idmp-duration" not in redis_reply[1]
     assert set(fake_reply[1]) == set(redis_reply[1])
 
@@ -169,8 +160,7 @@ def test_xinfo_stream_has_the_fields_of_the_emulated_version(real: Any, fake: An
     "bulk string (redis-py's parser hides it)",
 )
 def test_xpending_summary_counts_are_bulk_strings(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -179,8 +169,6 @@ def test_xpending_summary_counts_are_bulk_strings(real: Any, fake: Any) -> None:
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"),
             ("XPENDING", key, "g"),
         )
-    finally:
-        _cleanup(real, key)
     assert redis_reply == ("ok", [1, b"1-0", b"1-0", [[b"c", b"1"]]])
     assert fake_reply == redis_reply
 
@@ -190,8 +178,7 @@ def test_xpending_summary_counts_are_bulk_strings(real: Any, fake: Any) -> None:
     reason="fakeredis (version 7.0): XINFO CONSUMERS reports Redis 7.2's 'inactive' field",
 )
 def test_xinfo_consumers_has_the_fields_of_the_emulated_version(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -200,8 +187,6 @@ def test_xinfo_consumers_has_the_fields_of_the_emulated_version(real: Any, fake:
             ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"),
             ("XINFO", "CONSUMERS", key, "g"),
         )
-    finally:
-        _cleanup(real, key)
     if b"inactive" in redis_reply[1][0]:
         pytest.skip("this Redis has the field too (7.2+)")
     assert set(fake_reply[1][0]) == set(redis_reply[1][0])
@@ -214,8 +199,7 @@ def test_xinfo_consumers_has_the_fields_of_the_emulated_version(real: Any, fake:
     "not yet reproduced in isolation, hence not strict",
 )
 def test_lag_after_a_delete(real: Any, fake: Any) -> None:
-    key = _key()
-    try:
+    with _fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -227,7 +211,5 @@ def test_lag_after_a_delete(real: Any, fake: Any) -> None:
             ("XADD", key, "3-0", "f", "v"),
             ("XINFO", "GROUPS", key),
         )
-    finally:
-        _cleanup(real, key)
     assert redis_reply[1][0][b"lag"] == 2
     assert fake_reply[1][0][b"lag"] == redis_reply[1][0][b"lag"]
