@@ -22,6 +22,17 @@ async def _pending(client: Any, stream: str, group: str) -> int:
     return int(summary["pending"])
 
 
+async def _rescued(factory: RedisBackendFactory) -> tuple[Any, float]:
+    """The message a new consumer in group ``workers`` gets first, and how long it waited."""
+    started = time.monotonic()
+    rescuer = factory().consume(group="workers")
+    try:
+        [again] = await take(rescuer, 1)
+    finally:
+        await rescuer.aclose()
+    return again, time.monotonic() - started
+
+
 async def test_message_is_acknowledged_only_after_the_next_is_requested(
     queue_backend_factory: RedisBackendFactory,
 ) -> None:
@@ -69,13 +80,7 @@ async def test_consumer_cancelled_mid_handler_message_goes_to_another_consumer(
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
-    started = time.monotonic()
-    rescuer = queue_backend_factory().consume(group="workers")
-    try:
-        [again] = await take(rescuer, 1)
-    finally:
-        await rescuer.aclose()
-    waited = time.monotonic() - started
+    again, waited = await _rescued(queue_backend_factory)
     assert again == {"job": "crashy"}
     assert again.delivery_count == 2
     # Ending the task closed its consumer, which released the message: no claim timeout to wait.
@@ -91,17 +96,14 @@ async def test_consumer_whose_task_ended_without_closing_lets_its_leases_lapse(
     await publisher.publish("jobs", {"job": "stuck"})
     stream = queue_backend_factory().consume(group="workers")  # referenced: never garbage-collected
     await taken_by_a_task_then_cancelled(stream)
-    started = time.monotonic()
-    rescuer = queue_backend_factory().consume(group="workers")
     try:
-        [again] = await take(rescuer, 1)
+        again, waited = await _rescued(queue_backend_factory)
     finally:
-        await rescuer.aclose()
         await stream.aclose()
     assert again == {"job": "stuck"}
     assert again.delivery_count == 2
     # Claimed once idle for claim_idle_ms (500 ms in the test settings), not before.
-    assert time.monotonic() - started >= 0.4
+    assert waited >= 0.4
 
 
 async def test_a_message_taken_by_a_task_of_its_own_stays_leased_while_in_hand(
@@ -150,11 +152,9 @@ async def test_consumer_whose_task_died_of_an_error_lets_its_leases_lapse(
 
     task = asyncio.create_task(worker())
     await asyncio.gather(task, return_exceptions=True)
-    rescuer = queue_backend_factory().consume(group="workers")
     try:
-        [again] = await take(rescuer, 1)
+        again, _ = await _rescued(queue_backend_factory)
     finally:
-        await rescuer.aclose()
         await stream.aclose()
     assert (again["job"], again.delivery_count) == ("crashed", 2)
 
