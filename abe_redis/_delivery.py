@@ -208,8 +208,7 @@ class GroupReader:
                     await self._rejoin()
                 except TRANSIENT_ERRORS as exc:
                     self._failures += 1
-                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                    await backoff_sleep(self._failures)
+                    await wait_out(exc, self._failures, self._throttle)
                 continue
             if self._buffer and self._membership.lapsed(time.monotonic()):
                 # Cut off past the name's TTL: until a heartbeat confirms the name, entries
@@ -219,8 +218,7 @@ class GroupReader:
                         self._name_lost = True
                 except TRANSIENT_ERRORS as exc:
                     self._failures += 1
-                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                    await backoff_sleep(self._failures)
+                    await wait_out(exc, self._failures, self._throttle)
                 continue
             if not self._buffer:
                 await self._fill()
@@ -234,8 +232,7 @@ class GroupReader:
                     # Ownership unknown: keep the message back and try again after a pause.
                     self._buffer.appendleft(message)
                     self._failures += 1
-                    self._throttle.warn("redis unavailable (%s), retrying: %s", type(exc).__name__, exc)
-                    await backoff_sleep(self._failures)
+                    await wait_out(exc, self._failures, self._throttle)
                     continue
                 if lost:
                     # Peers took these over while this consumer stalled: they are theirs now,
