@@ -91,11 +91,7 @@ def letters_table(key: str, letters: list[DeadLetter]) -> Table:
 async def _replay(
     console: Console, dead: DeadLetters, key: str, ids: list[str] | None, to: str | None = None
 ) -> int:
-    if ids:
-        unknown = [entry_id for entry_id in ids if await dead.get(key, entry_id) is None]
-        if unknown:
-            # Nothing is replayed: a typo in one ID must not half-apply the request.
-            raise CliError(f"no dead letter of {key} has id {', '.join(unknown)}; nothing replayed")
+    await _refuse_unknown(dead, key, ids, "replayed")
     target = to or key
     replayed = await dead.replay(key, ids, to=to)
     if replayed == 0:
@@ -106,9 +102,19 @@ async def _replay(
 
 
 async def _purge(console: Console, dead: DeadLetters, key: str, ids: list[str] | None = None) -> int:
+    await _refuse_unknown(dead, key, ids, "purged")
     purged = await dead.purge(key, ids)
     if purged == 0:
         console.print(plain(f"no dead letters of {key} to purge"))
     else:
         console.print(plain(f"purged {purged} dead letter(s) of {key}"))
     return 0
+
+
+async def _refuse_unknown(dead: DeadLetters, key: str, ids: list[str] | None, verb: str) -> None:
+    if not ids:
+        return
+    unknown = [entry_id for entry_id in ids if await dead.get(key, entry_id) is None]
+    if unknown:
+        # Nothing is applied: a typo in one ID must not half-apply the request.
+        raise CliError(f"no dead letter of {key} has id {', '.join(unknown)}; nothing {verb}")

@@ -241,13 +241,15 @@ def test_dlq_keys_and_empty_results_say_so(
     assert "no dead letters of orders to purge" in capsys.readouterr().out
 
 
-def test_dlq_replay_of_an_unknown_id_fails_and_replays_nothing(
-    client: redis.Redis, redis_server: RedisEndpoint, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("verb", ["replay", "purge"])
+def test_dlq_replay_or_purge_of_an_unknown_id_fails_and_applies_nothing(
+    client: redis.Redis, redis_server: RedisEndpoint, capsys: pytest.CaptureFixture[str], verb: str
 ) -> None:
     known = _dead_letter(client, "orders", "poison", b"{}")
-    status = main(["dlq", "replay", "orders", "--url", redis_server.url, "--id", known, "--id", "9-9"])
+    status = main(["dlq", verb, "orders", "--url", redis_server.url, "--id", known, "--id", "9-9"])
     assert status == 2
-    assert "9-9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "9-9" in err and f"nothing {verb.rstrip('e')}ed" in err
     assert client.xlen("orders:dead-letter") == 1 and not client.exists("orders")
 
 
