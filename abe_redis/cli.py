@@ -271,6 +271,9 @@ def _add_simulate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     simulate.add_argument("--faults", default="all", help="all, none, or a comma-separated list of kinds")
     simulate.add_argument("--workload", default="default", help="default, fast, prefetch or shared")
     simulate.add_argument("--messages", type=int, default=200, help="messages per schedule")
+    simulate.add_argument(
+        "--server", default="model", help="the in-process Redis: model (the lean model) or fakeredis"
+    )
     simulate.add_argument("--fail-on", metavar="CATEGORIES", help="anomaly categories that fail a seed")
     simulate.add_argument(
         "--determinism",

@@ -1,5 +1,6 @@
 """Deterministic simulation of the backend: a seeded scheduler, a virtual clock, a simulated
-network with faults in front of an in-process fakeredis, and the history checker.
+network with faults in front of an in-process Redis (a lean model of the commands the backend
+sends, or fakeredis), and the history checker.
 
 One seed fixes every scheduling choice, clock reading, fault and name, so a failing schedule
 replays exactly: ``abe-redis simulate --seed N`` or :func:`replay_seed` in a test.
@@ -13,13 +14,14 @@ from ._history import CATEGORIES, DEFAULT_FAILING, DeadLettered, Handling, Histo
 from ._loop import SimLoop, SimulationDeadlock, SimulationStuck, virtual_world
 from ._network import LinkFaults, SimConnection, SimNetwork
 from ._replay import SimulationFailure, replay_seed
-from ._runner import SimulationResult, replay_command, run_seed
+from ._runner import SERVERS, SimulationResult, replay_command, run_seed
 from ._workload import WORKLOADS, Workload
 
 __all__ = [
     "CATEGORIES",
     "DEFAULT_FAILING",
     "FAULT_KINDS",
+    "SERVERS",
     "WORKLOADS",
     "DeadLettered",
     "FaultPlan",

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ._faults import parse_faults
 from ._history import CATEGORIES, DEFAULT_FAILING
-from ._runner import SimulationResult, run_seed
+from ._runner import SERVERS, SimulationResult, run_seed
 from ._workload import WORKLOADS
 
 __all__ = ["run"]
@@ -46,6 +46,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
         failing = _categories(args.fail_on)
         if args.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {args.workload!r}; choose from {', '.join(WORKLOADS)}")
+        server = getattr(args, "server", "model")
+        if server not in SERVERS:
+            raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
         if args.seeds < 1 or args.messages < 1 or getattr(args, "jobs", 1) < 1:
             raise ValueError("--seeds, --messages and --jobs must be positive")
     except ValueError as exc:
@@ -56,6 +59,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "faults": faults,
         "messages": args.messages,
         "failing": failing,
+        "server": server,
     }
     if args.seed is not None:
         return _one(args.seed, options, console, show_trace=args.trace, json_path=args.json)
@@ -169,7 +173,8 @@ def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -
         console.print(f"replay: [bold]{escape(first.replay())} --trace[/bold]")
         console.print(
             "in a test: [bold]abe_redis_testing.simulation.replay_seed("
-            f"{first.seed}, workload={first.workload_name!r}, faults={first.allowed_faults!r})[/bold]"
+            f"{first.seed}, workload={first.workload_name!r}, faults={first.allowed_faults!r}"
+            f"{'' if first.server == 'model' else f', server={first.server!r}'})[/bold]"
         )
     else:
         console.print(f"[green]all {len(results)} seeds passed[/green]")
@@ -182,6 +187,7 @@ def _many(args: argparse.Namespace, options: dict[str, Any], console: Console) -
         "seeds": len(results),
         "first_seed": args.first_seed,
         "workload": args.workload,
+        "server": options["server"],
         "faults": list(options["faults"]),
         "messages": args.messages,
         "failing_categories": sorted(options["failing"]),

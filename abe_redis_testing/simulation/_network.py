@@ -1,8 +1,10 @@
 """A simulated network between the backend and an in-process fakeredis server.
 
-Every connection a redis-py pool opens during a simulation is a :class:`SimConnection`: a
-fakeredis connection (no socket) that first asks the :class:`SimNetwork` what happens to each
-command and each reply. The network decides, with the seed's generator:
+Every connection a redis-py pool opens during a simulation is a
+:class:`~._model_connection.ModelConnection` to the lean model server, or with ``--server
+fakeredis`` a :class:`SimConnection`: a fakeredis connection (no socket). Either first asks the
+:class:`SimNetwork` what happens to each command and each reply. The network decides, with the
+seed's generator:
 
 * a reply lost after the command ran (the connection drops; redis-py retries the command);
 * a connection reset before the command was sent (it never ran);
@@ -24,7 +26,7 @@ import contextvars
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio.connection as redis_connection
 from fakeredis._clients._async import FakeWriter
@@ -50,6 +52,14 @@ class LinkFaults:
     """Upper bound of a connection's fixed one-way delay (drawn per connection)."""
     jitter_ms: float = 0.0
     """Upper bound of the extra delay drawn per message."""
+
+
+class Link(Protocol):
+    """A connection as the network sees it."""
+
+    node: str
+    generation: int
+    last_command: str
 
 
 class SimNetwork:
@@ -103,7 +113,7 @@ class SimNetwork:
     def refuse_connect(self, node: str) -> bool:
         return node in self.dead_nodes or self.partitioned()
 
-    def drop_before_send(self, connection: SimConnection, command: str) -> bool:
+    def drop_before_send(self, connection: Link, command: str) -> bool:
         if connection.node in self.dead_nodes or connection.generation != self.generation:
             return True
         if self.partitioned():
@@ -114,7 +124,7 @@ class SimNetwork:
             return True
         return False
 
-    def drop_reply(self, connection: SimConnection) -> bool:
+    def drop_reply(self, connection: Link) -> bool:
         command = connection.last_command
         if connection.node in self.dead_nodes or connection.generation != self.generation:
             return True
@@ -134,10 +144,13 @@ class SimNetwork:
 
     def restart(self) -> None:
         """Restart without persistence: every key is gone, every open connection dropped."""
-        import fakeredis
-
         self.generation += 1
-        fakeredis.FakeRedis(server=self.server).flushall()
+        if hasattr(self.server, "flushall"):  # the model
+            self.server.flushall()
+        else:
+            import fakeredis
+
+            fakeredis.FakeRedis(server=self.server).flushall()
         self._record("fault restart")
 
     def kill(self, node: str) -> None:
@@ -159,8 +172,24 @@ def _encode_command(encode: Callable[[Any], Any], args: tuple[Any, ...]) -> _Com
         args = tuple(first.encode().split()) + args[1:]
     elif b" " in first:
         args = tuple(first.split()) + args[1:]
-    # The encoder hands back a memoryview only when given one, and the engine sends none.
-    return _Command(map(encode, args))
+    # The encoder hands back a memoryview only when given one, and the engine sends none. Bytes,
+    # text and integers are encoded inline as redis-py's encoder would (UTF-8, strict; an int as
+    # its decimal digits): calling it for each argument cost a twentieth of a schedule.
+    encoder = getattr(encode, "__self__", None)
+    if encoder is None or encoder.encoding != "utf-8" or encoder.encoding_errors != "strict":
+        return _Command(map(encode, args))
+    encoded = []
+    for arg in args:
+        kind = type(arg)
+        if kind is bytes:
+            encoded.append(arg)
+        elif kind is str:
+            encoded.append(arg.encode())
+        elif kind is int:
+            encoded.append(b"%d" % arg)
+        else:
+            encoded.append(encode(arg))
+    return _Command(encoded)
 
 
 def _resp(command: _Command) -> bytes:
@@ -304,8 +333,13 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
     whatever the backend's own client setup (URL, retries, timeouts) asked for."""
     pool_class = redis_connection.ConnectionPool
     original = pool_class.make_connection
+    connection_class: Any = SimConnection
+    if hasattr(network.server, "flushall"):
+        from ._model_connection import ModelConnection
 
-    def make_connection(pool: Any) -> SimConnection:
+        connection_class = ModelConnection
+
+    def make_connection(pool: Any) -> Any:
         kwargs = dict(pool.connection_kwargs)
         for name in ("host", "port", "path", "ssl", "ssl_cert_reqs", "ssl_ca_certs", "socket_keepalive"):
             kwargs.pop(name, None)
@@ -319,7 +353,7 @@ def sim_connections(network: SimNetwork) -> Iterator[None]:
         kwargs["maint_notifications_config"] = None
         for name in ("lib_name", "lib_version", "maint_notifications_pool_handler"):
             kwargs.pop(name, None)
-        return SimConnection(network=network, node=current_node.get(), **kwargs)
+        return connection_class(network=network, node=current_node.get(), **kwargs)
 
     database_class: Any = Database
     add_callback = database_class.add_change_callback

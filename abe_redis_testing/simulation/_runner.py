@@ -24,13 +24,18 @@ from redis.exceptions import RedisError, ResponseError
 
 from abe_redis import DeadLetter, RedisStreamsBackend
 
+from ._fastpaths import lean_redis_py
 from ._faults import FAULT_KINDS, FaultPlan, choose_faults
 from ._history import DEFAULT_FAILING, DeadLettered, Handling, History, Verdict, check
 from ._loop import SimLoop, SimulationDeadlock, SimulationStuck, virtual_world
+from ._model import ModelObserver, ModelServer
 from ._network import SimNetwork, current_node, sim_connections
 from ._workload import Workload, choose_workload
 
-__all__ = ["SimulationResult", "replay_command", "run_seed"]
+__all__ = ["SERVERS", "SimulationResult", "replay_command", "run_seed"]
+
+SERVERS = ("model", "fakeredis")
+"""The in-process servers a run can use: the lean model (default) or fakeredis."""
 
 _URL = "redis://simulated:6379/0"
 _OBSERVER = "observer"
@@ -43,6 +48,7 @@ class SimulationResult:
     seed: int
     workload_name: str
     allowed_faults: tuple[str, ...]
+    server: str
     workload: Workload
     plan: FaultPlan
     verdict: Verdict
@@ -62,6 +68,7 @@ class SimulationResult:
             workload=self.workload_name,
             faults=self.allowed_faults,
             messages=self.workload.messages,
+            server=self.server,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -69,6 +76,7 @@ class SimulationResult:
             "seed": self.seed,
             "ok": self.ok,
             "workload": self.workload_name,
+            "server": self.server,
             "faults_on": list(self.plan.kinds),
             "trace_sha256": self.trace_hash,
             "virtual_seconds": round(self.virtual_seconds, 3),
@@ -79,10 +87,13 @@ class SimulationResult:
         }
 
 
-def replay_command(seed: int, *, workload: str, faults: Iterable[str], messages: int = 200) -> str:
+def replay_command(
+    seed: int, *, workload: str, faults: Iterable[str], messages: int = 200, server: str = "model"
+) -> str:
     kinds = tuple(faults)
     spec = "all" if set(kinds) == set(FAULT_KINDS) else (",".join(kinds) or "none")
     extra = "" if messages == 200 else f" --messages {messages}"
+    extra += "" if server == "model" else f" --server {server}"
     return f"abe-redis simulate --seed {seed} --workload {workload} --faults {spec}{extra}"
 
 
@@ -96,12 +107,16 @@ def run_seed(
     failing: Iterable[str] = DEFAULT_FAILING,
     keep_trace: bool = False,
     log_level: int | None = None,
+    server: str = "model",
 ) -> SimulationResult:
     """Run one seed; the same arguments give the same trace (and ``trace_hash``) every time.
 
     ``backend_factory(url, **settings)`` builds each simulated process's backend (default
     ``RedisStreamsBackend.from_url``): pass a subclass to simulate a variant of the engine.
+    ``server`` is the in-process Redis: ``"model"`` (the lean model, default) or ``"fakeredis"``.
     """
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}; choose from {', '.join(SERVERS)}")
     allowed = tuple(faults)
     spec = choose_workload(random.Random(f"{seed}:workload"), workload, messages=messages)
     processes = spec.groups * spec.processes_per_group
@@ -114,9 +129,9 @@ def run_seed(
         claim_idle_s=spec.claim_idle_s,
     )
     loop = SimLoop(random.Random(f"{seed}:schedule"))
-    sim = _Simulation(seed, spec, plan, loop, backend_factory or RedisStreamsBackend.from_url)
+    sim = _Simulation(seed, spec, plan, loop, backend_factory or RedisStreamsBackend.from_url, server)
     started = time.perf_counter()
-    with _no_gc(), virtual_world(loop, seed), sim_connections(sim.network), _logs(log_level):
+    with _no_gc(), virtual_world(loop, seed), sim_connections(sim.network), lean_redis_py(), _logs(log_level):
         try:
             loop.run_until_complete(sim.main())
         except (SimulationStuck, SimulationDeadlock) as exc:
@@ -125,6 +140,13 @@ def run_seed(
             sim.record(f"aborted {type(exc).__name__}: {exc}")
         finally:
             _close_loop(loop)
+    unsupported = getattr(sim.server, "unsupported", ())
+    if unsupported:
+        # The model answered a command it does not implement with an error: the run is not one
+        # Redis would have made.
+        sim.history.crashes.append(
+            (loop.time(), "model", f"unsupported commands: {sorted(set(unsupported))}")
+        )
     wall = time.perf_counter() - started
     verdict = check(
         sim.history,
@@ -145,6 +167,7 @@ def run_seed(
         seed=seed,
         workload_name=workload,
         allowed_faults=allowed,
+        server=server,
         workload=spec,
         plan=plan,
         verdict=verdict,
@@ -206,7 +229,7 @@ def _close_loop(loop: SimLoop) -> None:
 
 class _Simulation:
     def __init__(
-        self, seed: int, spec: Workload, plan: FaultPlan, loop: SimLoop, factory: BackendFactory
+        self, seed: int, spec: Workload, plan: FaultPlan, loop: SimLoop, factory: BackendFactory, server: str
     ) -> None:
         self.seed = seed
         self.spec = spec
@@ -215,8 +238,14 @@ class _Simulation:
         self.factory = factory
         self.trace: list[str] = []
         self.history = History(groups={f"g{g}" for g in range(spec.groups)})
-        self.server = fakeredis.FakeServer(version=(7, 4))
-        self.observer: Any = fakeredis.FakeRedis(server=self.server)
+        self.server: Any
+        self.observer: Any
+        if server == "model":
+            self.server = ModelServer(version=(7, 4))
+            self.observer = ModelObserver(self.server)
+        else:
+            self.server = fakeredis.FakeServer(version=(7, 4))
+            self.observer = fakeredis.FakeRedis(server=self.server)
         self.network = SimNetwork(
             self.server,
             random.Random(f"{seed}:network"),

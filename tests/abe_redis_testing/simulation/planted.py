@@ -145,9 +145,11 @@ class PlantedBug:
     patch: Callable[[], contextlib.AbstractContextManager[None]] = _no_patch
     factory: Callable[..., RedisStreamsBackend] | None = None
 
-    def run(self, seed: int) -> SimulationResult:
+    def run(self, seed: int, *, server: str = "model") -> SimulationResult:
         with self.patch():
-            return run_seed(seed, workload=self.workload, faults=self.faults, backend_factory=self.factory)
+            return run_seed(
+                seed, workload=self.workload, faults=self.faults, backend_factory=self.factory, server=server
+            )
 
 
 PLANTED: tuple[PlantedBug, ...] = (
@@ -193,13 +195,16 @@ class Found:
     planted_count: int
 
 
-def seeds_to_first_failure(bug: PlantedBug, *, max_seeds: int = 200, budget_s: float = 60.0) -> Found:
+def seeds_to_first_failure(
+    bug: PlantedBug, *, max_seeds: int = 200, budget_s: float = 60.0, server: str = "model"
+) -> Found:
     started = time.perf_counter()
     for seed in range(max_seeds):
-        planted = bug.run(seed)
+        planted = bug.run(seed, server=server)
         count = planted.verdict.counts[bug.target]
         if count:
-            baseline = run_seed(seed, workload=bug.workload, faults=bug.faults).verdict.counts[bug.target]
+            unplanted = run_seed(seed, workload=bug.workload, faults=bug.faults, server=server)
+            baseline = unplanted.verdict.counts[bug.target]
             if count > baseline:
                 return Found(bug.name, seed, seed + 1, time.perf_counter() - started, baseline, count)
         if time.perf_counter() - started > budget_s:
@@ -208,5 +213,10 @@ def seeds_to_first_failure(bug: PlantedBug, *, max_seeds: int = 200, budget_s: f
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="seeds until each planted bug is found")
+    parser.add_argument("--server", default="model", help="model (default) or fakeredis")
+    arguments = parser.parse_args()
     for planted_bug in PLANTED:
-        print(seeds_to_first_failure(planted_bug))
+        print(seeds_to_first_failure(planted_bug, server=arguments.server), flush=True)

@@ -224,6 +224,10 @@ class StreamsDifferential(RuleBasedStateMachine):
     fake: Any
     prefix: str
     divergences: list[str]
+    known: dict[str, KnownDivergence] = KNOWN_DIVERGENCES
+    """The divergences of ``fake`` the fuzzer looks past (fakeredis' by default)."""
+    reply_only: set[str] = REPLY_ONLY
+    subject = "fakeredis"
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,14 +243,14 @@ class StreamsDifferential(RuleBasedStateMachine):
         self.log.append(command)
         real, fake = run(self.real, command), run(self.fake, command)
         if real != fake and not self.diverged:
-            known = [name for name, match in KNOWN_DIVERGENCES.items() if match(command, real, fake)]
+            known = [name for name, match in self.known.items() if match(command, real, fake)]
             # Past a known divergence the two states may differ: stop comparing this example.
-            self.diverged = bool(set(known) - REPLY_ONLY)
+            self.diverged = bool(set(known) - self.reply_only)
             if not known:
                 steps = "\n".join(f"  {' '.join(map(str, c))}" for c in self.log)
                 raise AssertionError(
-                    f"fakeredis diverges from Redis on {' '.join(map(str, command))}:\n"
-                    f"  redis:     {real!r}\n  fakeredis: {fake!r}\nafter:\n{steps}"
+                    f"{self.subject} diverges from Redis on {' '.join(map(str, command))}:\n"
+                    f"  redis:     {real!r}\n  {self.subject}: {fake!r}\nafter:\n{steps}"
                 )
         return real
 
