@@ -23,6 +23,8 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._budget import PrefetchBudget
 from ._connection import TRANSIENT_ERRORS, close_client, dedicated_cluster_client
@@ -66,6 +68,82 @@ class _SharedTaker:
         pass
 
 
+_LOST_REPLY: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+class _UnresentLeases:
+    """The consumer's lease client, lent to each partition's lease table (none closes it; the
+    consumer does): a non-retrying cluster client of its own, as a single server's consumer has
+    (:func:`~abe_redis._connection.unresent_client`). redis-py's cluster client would resend a
+    renewal or release whose reply was lost, after a peer may rightly have claimed the entry,
+    and steal it back. Two more ways it differs from a single server's client are evened out, so
+    that the lease table sees what it expects:
+
+    * a pipeline whose connection failed while its replies were read returns the error as each
+      command's result under ``execute(raise_on_error=False)``; here it is raised, as a single
+      server's pipeline raises it, so that the table marks those leases unsure (verified before
+      anything is sent again) instead of taking a lost renewal for a renewed lease;
+    * a command past a node's connection limit fails at once (``MaxConnectionsError``) instead of
+      waiting: callers wait for one of ``connections`` instead, each lease command or pipeline
+      using one connection (a partition's keys share one slot, so one node).
+    """
+
+    def __init__(self, client: Any, connections: int) -> None:
+        self._client = client
+        self.gate = asyncio.Semaphore(connections)
+
+    def pipeline(self, transaction: bool = False) -> _LeasePipeline:
+        return _LeasePipeline(self._client.pipeline(transaction=transaction), self)
+
+    async def xclaim(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.gate:
+            return await self._client.xclaim(*args, **kwargs)
+
+    def lost(self) -> None:
+        """A connection failed: reload the slot map before the next command, as redis-py's
+        cluster client does after a single command's connection error. Its pipelines do so only
+        on their way to a retry, which this client never makes; without it, a client whose
+        commands are all pipelines keeps dialling a failed-over master."""
+        self._client._initialize = True
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _LeasePipeline:
+    """A cluster pipeline of :class:`_UnresentLeases`: commands queue on it as on redis-py's."""
+
+    def __init__(self, pipe: Any, owner: _UnresentLeases) -> None:
+        self._pipe = pipe
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def __len__(self) -> int:
+        return len(self._pipe)
+
+    async def __aenter__(self) -> _LeasePipeline:
+        await self._pipe.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._pipe.reset()
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            async with self._owner.gate:
+                replies: list[Any] = await self._pipe.execute(raise_on_error=raise_on_error)
+        except _LOST_REPLY:
+            self._owner.lost()
+            raise
+        for reply in replies:
+            if isinstance(reply, _LOST_REPLY):
+                self._owner.lost()
+                raise reply
+        return replies
+
+
 class ClusterReader:
     """One consumer in one group, reading every partition; the interface of ``GroupReader``."""
 
@@ -83,6 +161,10 @@ class ClusterReader:
         # One blocking read per partition may be in flight at once, all on one node at worst.
         self._taker_client = dedicated_cluster_client(config, connections=partitions.count + 2)
         taker = _SharedTaker(self._taker_client)
+        # Lease renewals and releases never go through the shared client, which resends a command
+        # whose reply was lost (see _UnresentLeases); one client for every partition's table.
+        self._lease_client = dedicated_cluster_client(config, connections=partitions.count + 2)
+        leases = _UnresentLeases(self._lease_client, partitions.count + 2)
         self._caller: asyncio.Task[Any] | None = None
         self.budget = PrefetchBudget(partitions.prefetch, partitions.count)
         self._readers = [
@@ -92,21 +174,30 @@ class ClusterReader:
                 group=group,
                 registry=registries[p.index],
                 taker=taker,
+                lease_client=leases,
                 in_use=self._caller_alive,
                 prefetch=functools.partial(self.budget.limit, p.index),
             )
             for p in partitions.partitions
         ]
-        self._ready: deque[tuple[int, ReceivedMessage]] = deque()
+        count = len(self._readers)
+        # Each partition is in one of three hands at any time. The caller's: it is in the ring,
+        # and the caller hands out its buffered messages itself, without a task switch
+        # (GroupReader.take_ready). Its pump's: the pump is awaiting GroupReader.receive(), for
+        # what only an await can do (a read, due acknowledgements, a stale lease's verification,
+        # a lapsed name); the message that call returns waits in the partition's slot, and the
+        # partition goes back to the ring. Or, its buffer just emptied, waiting in _refill for
+        # the caller's next receive(): the caller has then moved on from its last message, so the
+        # read that follows is sent with its acknowledgement flushed and its room returned.
+        self._ring: deque[int] = deque()
+        self._slots: list[ReceivedMessage | None] = [None] * count
+        self._refill: list[int] = []
+        self._wanted = [asyncio.Event() for _ in range(count)]
+        self._returned: deque[tuple[int, ReceivedMessage]] = deque()
         self._arrived = asyncio.Event()
-        # Set when the caller took a partition's message from the queue: each pump keeps one
-        # message ahead, so that its reader asks Redis for more only once the caller has moved
-        # on (its acknowledgements flushed first), never while its share is all in the queue.
-        self._taken = [asyncio.Event() for _ in self._readers]
         self._error: BaseException | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._closed = False
-        self._throttle = Throttle()
         self._metrics: MetricsHook = NULL_METRICS
 
     @property
@@ -143,57 +234,95 @@ class ClusterReader:
 
     async def receive(self) -> ReceivedMessage:
         """The next message of any partition, leased until :meth:`done`, :meth:`release` or
-        :meth:`dead_letter`."""
+        :meth:`dead_letter`. Partitions with buffered messages take turns, one message each."""
         if self._closed:
             raise BackendClosedError("this consumer is closed (or its backend was)")
         self._caller = asyncio.current_task()
         if not self._pumps:
             loop = asyncio.get_running_loop()
             self._pumps = [loop.create_task(self._pump(i)) for i in range(len(self._readers))]
-        failures = 0
+            self._refill = list(range(len(self._readers)))
+        if self._refill:
+            for index in self._refill:
+                self._wanted[index].set()
+            self._refill.clear()
+        ring, slots = self._ring, self._slots
         while True:
-            while not self._ready:
+            slotted = False
+            if self._returned:
+                index, message = self._returned.popleft()
+            elif ring:
+                index = ring.popleft()
+                waiting = slots[index]
+                if waiting is None:
+                    reader = self._readers[index]
+                    ready = reader.take_ready()
+                    if ready is None:
+                        # Something must be awaited first (see __init__): its pump does it.
+                        self._wanted[index].set()
+                        continue
+                    self.budget.delivered(index)
+                    if reader.buffered:
+                        ring.append(index)  # to the back: the partitions take turns
+                    else:
+                        self._refill.append(index)
+                    # Checked by the reader as it handed it out, like a single server's message.
+                    return ready
+                slots[index] = None
+                message, slotted = waiting, True
+            else:
                 if self._error is not None:
                     raise self._error
                 self._arrived.clear()
                 await self._arrived.wait()
-            index, message = self._ready.popleft()
-            try:
-                mine = await self._readers[index].still_held(message)
-            except BaseException as exc:
-                # Ownership unknown: it stays first in line, and is asked about again.
-                self._ready.appendleft((index, message))
-                if not isinstance(exc, (*TRANSIENT_ERRORS, *CLUSTER_TRANSIENT_ERRORS)):
-                    raise
-                failures += 1
-                await wait_out(exc, failures, self._throttle)
                 continue
-            self._taken[index].set()
+            # A message that waited here, handed out by its reader earlier: while it waited, a
+            # stalled loop renewed nothing and a peer may rightly have taken it over.
+            reader = self._readers[index]
+            try:
+                mine = await reader.still_held(message)
+            except (*TRANSIENT_ERRORS, *CLUSTER_TRANSIENT_ERRORS):
+                # Ownership unknown, and Redis is needed to learn it: back to its reader, whose
+                # pump verifies it (waiting out the outage there) before it is handed out again,
+                # while the other partitions go on delivering.
+                reader.put_back(message)
+                if slotted:
+                    self._wanted[index].set()
+                continue
+            except BaseException:
+                if slotted:
+                    slots[index] = message
+                    ring.appendleft(index)
+                else:
+                    self._returned.appendleft((index, message))
+                raise
+            if slotted:
+                ring.append(index)  # its buffer may hold more
             if mine:
                 return message
-            # It waited here while a peer took it over (a stalled loop renewed nothing): the
-            # peer hands it out now, so this consumer must not.
+            # The peer hands it out now, so this consumer must not.
 
     async def _pump(self, index: int) -> None:
-        """Move one partition's messages to the merged queue, one at a time; a cluster in
-        transition only pauses it, a fatal error ends the consumer."""
-        reader, taken = self._readers[index], self._taken[index]
+        """Do for one partition what needs an await, when the caller asks (see ``__init__``):
+        a cluster in transition only pauses it, a fatal error ends the consumer."""
+        reader, wanted = self._readers[index], self._wanted[index]
         throttle = Throttle()
         failures = 0
         try:
             while True:
+                await wanted.wait()
                 try:
                     message = await reader.receive()
                 except CLUSTER_TRANSIENT_ERRORS as exc:
                     failures += 1
                     await wait_out(exc, failures, throttle, what="redis cluster")
                     continue
+                wanted.clear()
                 failures = 0
                 self.budget.delivered(index)
-                taken.clear()
-                self._ready.append((index, message))
+                self._slots[index] = message
+                self._ring.append(index)
                 self._arrived.set()
-                await taken.wait()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # reported to the caller, who closes the consumer
@@ -219,7 +348,7 @@ class ClusterReader:
     def put_back(self, message: ReceivedMessage) -> None:
         """Undo :meth:`receive` for a message no handler has seen: it is the next one returned.
         (Its reader learns of it only on close, when it is released uncounted.)"""
-        self._ready.appendleft((self._partitions.partition(message.stream).index, message))
+        self._returned.appendleft((self._partitions.partition(message.stream).index, message))
 
     async def hand_again(self, message: ReceivedMessage) -> None:
         await self._reader(message).hand_again(message)
@@ -247,11 +376,17 @@ class ClusterReader:
         for pump in self._pumps:
             pump.cancel()
         await asyncio.gather(*self._pumps, return_exceptions=True)
-        while self._ready:
-            # Handed to this merge, never to a handler: the release must not count a delivery.
-            index, message = self._ready.pop()
+        # Handed out by their readers to this merge, never to a handler: the release must not
+        # count a delivery. (Last put back, first in its reader's buffer: the order is kept.)
+        for index, message in enumerate(self._slots):
+            if message is not None:
+                self._readers[index].put_back(message)
+        self._slots = [None] * len(self._readers)
+        while self._returned:
+            index, message = self._returned.pop()
             self._readers[index].put_back(message)
         try:
             await asyncio.gather(*(reader.aclose() for reader in self._readers), return_exceptions=True)
         finally:
             await close_client(self._taker_client)
+            await close_client(self._lease_client)

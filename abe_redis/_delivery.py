@@ -129,6 +129,7 @@ class GroupReader:
         taker: Any = None,
         in_use: Callable[[], bool] | None = None,
         prefetch: Callable[[int], int] | None = None,
+        lease_client: Any = None,
     ) -> None:
         # Any: redis-py types stream replies as wide unions that depend on RESP version and
         # decode_responses; the shapes are normalised by stream_entries() instead.
@@ -152,6 +153,9 @@ class GroupReader:
         # The most entries it may hold, given how many it holds, asked before each read; by
         # default the configured prefetch (readers sharing one bound pass their share's lender).
         self._prefetch = prefetch
+        # The client for lease commands; by default connections of its own that never resend
+        # (a Redis Cluster consumer passes one of its own, shared by its partitions' readers).
+        self._given_lease_client = lease_client
         self._taker: Any = None
         self._lease_client: Any = None
         self._acks_ride_reads = False
@@ -305,6 +309,18 @@ class GroupReader:
         leases.unhand(message.stream, message.message_id)
         self._buffer.appendleft(message)
 
+    def take_ready(self) -> ReceivedMessage | None:
+        """The next buffered message if it can be handed out without an await, else ``None``
+        (nothing buffered, acknowledgements due, a stale lease, a lapsed name: :meth:`receive`
+        does those). For a merging reader that hands out its readers' buffered messages from its
+        caller's task and awaits only in tasks of its own."""
+        return self._ready()
+
+    @property
+    def buffered(self) -> int:
+        """How many messages wait in the buffer."""
+        return len(self._buffer)
+
     async def still_held(self, message: ReceivedMessage) -> bool:
         """Whether a message :meth:`receive` returned a while ago is still this consumer's, for
         a merging reader that queues messages ahead of its caller: while one waits there, a
@@ -424,9 +440,10 @@ class GroupReader:
         # Lease commands go over connections that never resend: a renewal or release resent by
         # redis-py after a lost reply runs late, after a peer may have rightly claimed the entry,
         # and steals it back. A failed one surfaces, and the table verifies before trying again.
-        self._lease_client = (
-            unresent_client(self._client, connections=4) if isinstance(self._client, Redis) else self._client
-        )
+        self._lease_client = self._given_lease_client
+        if self._lease_client is None:
+            own = isinstance(self._client, Redis)
+            self._lease_client = unresent_client(self._client, connections=4) if own else self._client
         self._leases = LeaseTable(
             self._lease_client,
             group=self.group,

@@ -682,28 +682,41 @@ async def test_a_message_queued_ahead_that_a_peer_took_during_a_stall_is_not_han
     import redis
 
     async with _backend(redis_cluster.url) as publisher, _backend(redis_cluster.url) as backend:
-        stream = publisher.stream_name("jobs")
-        await publisher.publish("jobs", {"job": 1})
-        await publisher.publish("jobs", {"job": 2})
+        layout = publisher._partitions
+        assert layout is not None
+        candidates = [f"jobs:{i}" for i in range(20)]
+        keys = [
+            candidates[0],
+            next(
+                k
+                for k in candidates
+                if layout.partition(publisher.stream_name(k)).index
+                != layout.partition(publisher.stream_name(candidates[0])).index
+            ),
+        ]
+        for n, key in enumerate(keys, 1):
+            await publisher.publish(key, {"job": n})
         reader = backend.group_reader("g")
         first = await asyncio.wait_for(reader.receive(), 10)
-        assert first["job"] == 1
+        ahead = keys[1] if first["job"] == 1 else keys[0]
+        stream = publisher.stream_name(ahead)
         master = redis_cluster.master_for(stream)
         with redis.Redis(host=master.host, port=master.port, decode_responses=True) as peer:
-            # Its partition's pump takes job 2 and queues it one ahead of the caller.
+            # The other partition's pump has read its job meanwhile: it waits, handed out by its
+            # reader, until the caller asks for the next message.
             deadline = time.monotonic() + 10
-            while len(peer.xpending_range(stream, "g", "-", "+", 10)) < 2:
-                assert time.monotonic() < deadline, "job 2 was never taken ahead of the caller"
+            while not peer.xpending_range(stream, "g", "-", "+", 10):
+                assert time.monotonic() < deadline, "the other job was never taken ahead of the caller"
                 await asyncio.sleep(0.02)
-            second_id = peer.xrange(stream)[1][0]
+            [[ahead_id, _]] = peer.xrange(stream)
             # The event loop stalls past claim_idle_ms (1000): nothing renews the leases, and a
-            # consumer of another process takes job 2 over, as its sweep would.
+            # consumer of another process takes the waiting job over, as its sweep would.
             time.sleep(1.5)  # noqa: ASYNC251 -- the stall is the point: the loop must not run
-            assert peer.xclaim(stream, "g", "peer", 1000, [second_id], justid=True) == [second_id]
-            await publisher.publish("jobs", {"job": 3})
+            assert peer.xclaim(stream, "g", "peer", 1000, [ahead_id], justid=True) == [ahead_id]
+            await publisher.publish(ahead, {"job": 3})
             reader.done(first)
             after = await asyncio.wait_for(reader.receive(), 10)
             assert after["job"] == 3, "handed out a message a peer had taken over: handled twice"
-            [owner] = peer.xpending_range(stream, "g", second_id, second_id, 1)
+            [owner] = peer.xpending_range(stream, "g", ahead_id, ahead_id, 1)
             assert owner["consumer"] == "peer", "the peer's message was taken back from it"
         await reader.aclose()
