@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import (
@@ -75,6 +77,21 @@ def _retry(config: RedisConfig) -> Retry:
     )
 
 
+def _without_client_setinfo() -> dict[str, Any]:
+    """The connection arguments that turn off redis-py's ``CLIENT SETINFO`` (library name and
+    version, shown by ``CLIENT LIST``): a round trip on every connect, which Redis before 7.2
+    refuses. redis-py 8 takes ``driver_info=None``; 5.x-7.x ``lib_name``/``lib_version=None``."""
+    parameters = inspect.signature(AbstractConnection.__init__).parameters
+    if "driver_info" in parameters:
+        return {"driver_info": None}
+    if "lib_name" in parameters:
+        return {"lib_name": None, "lib_version": None}
+    return {}
+
+
+_NO_CLIENT_SETINFO = _without_client_setinfo()
+
+
 def _pool_kwargs(config: RedisConfig) -> tuple[str, dict[str, Any]]:
     url = config.url
     unix = urlsplit(url).scheme == "unix"
@@ -84,6 +101,7 @@ def _pool_kwargs(config: RedisConfig) -> tuple[str, dict[str, Any]]:
         "health_check_interval": 30,
         "retry": _retry(config),
         "decode_responses": False,
+        **_NO_CLIENT_SETINFO,
     }
     if not unix:
         kwargs["socket_keepalive"] = True  # a TCP option: unix sockets refuse it

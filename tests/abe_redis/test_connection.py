@@ -141,3 +141,33 @@ async def test_out_of_memory_dead_letter_leaves_the_entry_pending_and_consumptio
     finally:
         await stream.aclose()
         await backend.aclose()
+
+
+async def test_connections_send_no_client_setinfo(
+    redis_server_handle: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py would send CLIENT SETINFO twice on every connect (a round trip; refused before
+    Redis 7.2): the shared pool, a consumer's taker and its lease connections send none."""
+    from redis.asyncio.connection import AbstractConnection
+
+    from abe_redis._config import RedisConfig
+    from abe_redis._connection import build_client, close_client, dedicated_client, unresent_client
+
+    sent: list[tuple[Any, ...]] = []
+    real_send = AbstractConnection.send_command
+
+    async def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        sent.append(tuple(str(a).upper() for a in args[:2]))
+        await real_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_command", recording)
+    client = build_client(RedisConfig(url=redis_server_handle.url))
+    clients = [client, dedicated_client(client), unresent_client(client, connections=2)]
+    try:
+        for each in clients:
+            assert await each.ping()
+    finally:
+        for each in clients:
+            await close_client(each)
+    assert sum(1 for c in sent if c[0] == "HELLO") == 3, sent  # each of the three connected
+    assert not [c for c in sent if c[:2] == ("CLIENT", "SETINFO")], sent
