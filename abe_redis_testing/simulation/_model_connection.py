@@ -151,7 +151,7 @@ class ModelConnection(redis_async.Connection):
     async def connect(self) -> None:
         # redis-py runs even an open connection's connect() through its Retry; it returns at once.
         if not self.is_connected:
-            await super().connect()
+            await super().connect()  # type: ignore[no-untyped-call]
 
     async def _connect(self) -> None:
         network = self.network

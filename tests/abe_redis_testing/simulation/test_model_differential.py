@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -237,3 +238,49 @@ def test_replies_the_backend_reads_are_what_redis_py_parses_from_redis(redis_ser
         if want != have
     ]
     assert not mismatches, "\n".join(mismatches)
+
+
+def _two_clients(real_url: str, version: tuple[int, ...]) -> tuple[Any, Any, ModelClient, ModelClient]:
+    first = raw(redis.Redis.from_url(real_url, protocol=2, single_connection_client=True))
+    second = raw(redis.Redis.from_url(real_url, protocol=2, single_connection_client=True))
+    server = ModelServer(version=version)
+    return first, second, ModelClient(server), ModelClient(server)
+
+
+def test_watch_multi_exec_across_two_connections_as_on_redis(redis_server: RedisEndpoint) -> None:
+    """The engine's name locks and registry: a transaction fails (EXEC answers nil) when another
+    connection wrote a watched key, expired keys read as gone, as on Redis."""
+    if redis_server.kind != "redis-server":
+        pytest.skip(f"compares with redis-server, got {redis_server.kind}")
+    real_a, real_b, model_a, model_b = _two_clients(redis_server.url, (7, 0))
+    key = f"abe-diff.{uuid.uuid4().hex[:8]}.lock"
+    steps: tuple[tuple[str, tuple[Any, ...]], ...] = (
+        ("a", ("SET", key, "mine", "NX", "PX", 60_000)),
+        ("a", ("WATCH", key)),
+        ("a", ("GET", key)),
+        ("b", ("PEXPIRE", key, 60_000)),  # another connection writes the watched key
+        ("a", ("MULTI",)),
+        ("a", ("DEL", key)),
+        ("a", ("EXEC",)),  # nil: the transaction did not run
+        ("a", ("GET", key)),
+        ("a", ("WATCH", key)),
+        ("a", ("MULTI",)),
+        ("a", ("DEL", key)),
+        ("a", ("EXEC",)),  # untouched: it ran
+        ("a", ("SET", key, "v", "PX", 50)),
+    )
+    try:
+        replies = []
+        for who, command in steps:
+            real, model = (real_a, model_a) if who == "a" else (real_b, model_b)
+            replies.append((command, run(real, command), run(model, command)))
+        time.sleep(0.12)  # past the 50 ms expiry, for both (the model reads the real clock here)
+        for command in (("GET", key), ("EXISTS", key), ("TYPE", key), ("SET", key, "w", "NX")):
+            replies.append((command, run(real_a, command), run(model_a, command)))
+    finally:
+        real_a.delete(key)
+        real_a.close()
+        real_b.close()
+    mismatches = [f"{c}: redis {r!r}, model {m!r}" for c, r, m in replies if r != m]
+    assert not mismatches, "\n".join(mismatches)
+    assert replies[6][1] == ("ok", None)  # the failed EXEC, as Redis answered it
