@@ -579,9 +579,11 @@ class ModelServer:
     def _zadd(self, client: ClientState, args: list[bytes]) -> Any:
         key = args[1]
         pairs = args[2:]
-        if not pairs or len(pairs) % 2 or pairs[0].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"):
-            if pairs and len(pairs) % 2 == 0:
-                raise _fail(_SYNTAX)  # options are not sent by the backend: not modelled
+        if pairs and pairs[0].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"):
+            # The backend sends none of ZADD's options: not modelled, so not answered.
+            self.unsupported.append(f"ZADD {pairs[0].decode('utf-8', 'replace')}")
+            raise _fail(_SYNTAX)
+        if not pairs or len(pairs) % 2:
             raise _fail(_SYNTAX)
         scores = [(_score(pairs[i]), pairs[i + 1]) for i in range(0, len(pairs), 2)]
         zset: dict[bytes, float] | None = self._typed(key, dict)
@@ -1253,6 +1255,10 @@ class ModelServer:
                     info[b"inactive"] = now - consumer.active_time if consumer.active_time != -1 else -1
                 consumers.append(shape(info))
             return consumers
+        if len(args) > 3:
+            # XINFO STREAM ... FULL: the backend never asks for it; not modelled.
+            self.unsupported.append(" ".join(a.decode("utf-8", "replace") for a in args[:4]))
+            raise _fail(_SYNTAX)
         first = stream.ids[0] if stream.ids else None
         last = stream.ids[-1] if stream.ids else None
         return shape(
