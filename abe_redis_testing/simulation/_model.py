@@ -1080,7 +1080,8 @@ class ModelServer:
                     continue
                 if consumer is None:
                     consumer = self._consumer(group, consumer_name)
-                nack = group.pel[entry_id] = _Nack(consumer, delivery_time, 0)
+                # Redis creates the entry as delivered once; JUSTID then leaves the count alone.
+                nack = group.pel[entry_id] = _Nack(consumer, delivery_time, 1)
                 consumer.pel[entry_id] = nack
             elif min_idle and now - nack.delivery_time < min_idle:
                 continue

@@ -284,3 +284,53 @@ def test_watch_multi_exec_across_two_connections_as_on_redis(redis_server: Redis
     mismatches = [f"{c}: redis {r!r}, model {m!r}" for c, r, m in replies if r != m]
     assert not mismatches, "\n".join(mismatches)
     assert replies[6][1] == ("ok", None)  # the failed EXEC, as Redis answered it
+
+
+_CLAIMS: tuple[tuple[Any, ...], ...] = (
+    ("XADD", "{k}", "1-0", "f", "v"),
+    ("XADD", "{k}", "2-0", "f", "v"),
+    ("XADD", "{k}", "3-0", "f", "v"),
+    ("XGROUP", "CREATE", "{k}", "g", "0"),
+    ("XREADGROUP", "GROUP", "g", "a", "COUNT", 3, "STREAMS", "{k}", ">"),
+    ("XCLAIM", "{k}", "g", "b", 0, "1-0", "2-0", "JUSTID"),
+    ("XPENDING", "{k}", "g", "-", "+", 10),
+    ("XCLAIM", "{k}", "g", "c", 0, "1-0", "RETRYCOUNT", 7, "JUSTID"),
+    ("XCLAIM", "{k}", "g", "c", 0, "2-0", "IDLE", 5000, "RETRYCOUNT", 1, "JUSTID"),
+    ("XPENDING", "{k}", "g", "IDLE", 4000, "-", "+", 10),
+    ("XCLAIM", "{k}", "g", "d", 4000, "1-0", "2-0", "3-0", "JUSTID"),
+    ("XCLAIM", "{k}", "g", "d", 0, "3-0"),
+    ("XPENDING", "{k}", "g", "-", "+", 10),
+    ("XCLAIM", "{k}", "g", "e", 0, "3-0", "TIME", 1, "RETRYCOUNT", 0),
+    ("XPENDING", "{k}", "g", "IDLE", 100000, "-", "+", 10),
+    ("XACK", "{k}", "g", "1-0"),
+    ("XCLAIM", "{k}", "g", "e", 0, "1-0", "FORCE", "JUSTID"),
+    ("XPENDING", "{k}", "g", "-", "+", 10),
+    ("XCLAIM", "{k}", "g", "e", 0, "1-0", "LASTID", "9-0", "JUSTID"),
+    ("XAUTOCLAIM", "{k}", "g", "z", 0, "0-0", "COUNT", 1),
+    ("XAUTOCLAIM", "{k}", "g", "z", 0, "2-0", "COUNT", 5, "JUSTID"),
+    ("XPENDING", "{k}", "g"),
+    ("XGROUP", "SETID", "{k}", "g", "0"),
+    ("XREADGROUP", "GROUP", "g", "y", "COUNT", 1, "STREAMS", "{k}", ">"),
+    ("XPENDING", "{k}", "g", "-", "+", 10),
+)
+
+
+def test_claim_options_set_counts_and_idle_times_as_on_redis(real: Any, model: ModelClient) -> None:
+    """The options the engine's leases and recovery rely on (RETRYCOUNT, IDLE, TIME, min-idle,
+    FORCE, LASTID, XAUTOCLAIM's cursor, a re-read after SETID), which the fuzzer does not send:
+    delivery counts exact, idle times compared as above or below the thresholds used."""
+
+    def reply(client: Any, command: tuple[Any, ...]) -> Any:
+        try:
+            answer = client.execute_command(*command)
+        except ResponseError as exc:
+            return ("error", str(exc))
+        if command[0] == "XPENDING" and len(command) > 3:
+            return [[e[0], e[1], e[2] >= 4000, e[3]] for e in answer]
+        return answer
+
+    with _fresh_key(real) as key:
+        commands = [tuple(a.format(k=key) if isinstance(a, str) else a for a in c) for c in _CLAIMS]
+        pairs = [(c, reply(real, c), reply(model, c)) for c in commands]
+    mismatches = [f"{' '.join(map(str, c))}:\n  redis: {r!r}\n  model: {m!r}" for c, r, m in pairs if r != m]
+    assert not mismatches, "\n".join(mismatches)
