@@ -68,6 +68,8 @@ class _SharedTaker:
         pass
 
 
+_REMEMBERED_STREAMS = 100_000
+
 _LOST_REPLY: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
@@ -124,7 +126,8 @@ class _LeasePipeline:
         return len(self._pipe)
 
     async def __aenter__(self) -> _LeasePipeline:
-        await self._pipe.__aenter__()
+        # Without an await (redis-py's would load the slot map here, which execute() does too):
+        # the lease table reads what it holds after entering, and must not be interleaved.
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -166,7 +169,7 @@ class ClusterReader:
         self._lease_client = dedicated_cluster_client(config, connections=partitions.count + 2)
         leases = _UnresentLeases(self._lease_client, partitions.count + 2)
         self._caller: asyncio.Task[Any] | None = None
-        self.budget = PrefetchBudget(partitions.prefetch, partitions.count)
+        self.budget = PrefetchBudget(partitions.prefetch, partitions.count, on_return=self._next_turn)
         self._readers = [
             GroupReader(
                 client,
@@ -194,6 +197,10 @@ class ClusterReader:
         self._refill: list[int] = []
         self._wanted = [asyncio.Event() for _ in range(count)]
         self._returned: deque[tuple[int, ReceivedMessage]] = deque()
+        self._stream_index: dict[str, int] = {}
+        # Partitions with a backlog waiting, in order, for room to read (see _turn).
+        self._turns: deque[int] = deque()
+        self._turn_ready = [asyncio.Event() for _ in range(count)]
         self._arrived = asyncio.Event()
         self._error: BaseException | None = None
         self._pumps: list[asyncio.Task[None]] = []
@@ -311,12 +318,16 @@ class ClusterReader:
         try:
             while True:
                 await wanted.wait()
+                if not reader.buffered:
+                    await self._turn(index)  # a read comes next
                 try:
                     message = await reader.receive()
                 except CLUSTER_TRANSIENT_ERRORS as exc:
                     failures += 1
                     await wait_out(exc, failures, throttle, what="redis cluster")
                     continue
+                finally:
+                    self._next_turn()  # its read may have returned room
                 wanted.clear()
                 failures = 0
                 self.budget.delivered(index)
@@ -329,6 +340,30 @@ class ClusterReader:
             self._error = exc
             self._arrived.set()
 
+    async def _turn(self, index: int) -> None:
+        """Wait until the partition may read: it gives back the room it no longer holds, and one
+        with a backlog waits in line until the budget has a good share for it (see
+        :mod:`abe_redis._budget`), so that reads stay large when every partition has a backlog."""
+        reader, budget = self._readers[index], self.budget
+        budget.release(index, reader.held)
+        if budget.filling(index) and (self._turns or not budget.ready(index, reader.held)):
+            self._turns.append(index)
+            event = self._turn_ready[index]
+            try:
+                while True:
+                    event.clear()
+                    if self._turns[0] == index and budget.ready(index, reader.held):
+                        break
+                    await event.wait()
+            finally:
+                self._turns.remove(index)
+                self._next_turn()
+        budget.reserve(index, reader.held)
+
+    def _next_turn(self) -> None:
+        if self._turns:
+            self._turn_ready[self._turns[0]].set()
+
     def _caller_alive(self) -> bool:
         """False once the task that last asked for a message died without closing this consumer
         (cancelled, or ended by an exception): the readers then stop renewing their leases,
@@ -338,7 +373,17 @@ class ClusterReader:
         return not caller_gone(self._caller)
 
     def _reader(self, message: ReceivedMessage) -> GroupReader:
-        return self._readers[self._partitions.partition(message.stream).index]
+        return self._readers[self._index(message.stream)]
+
+    def _index(self, stream: str) -> int:
+        """The partition of a stream, remembered: parsing its name (a CRC-32) for every message
+        handled costs more than handing it out."""
+        index = self._stream_index.get(stream)
+        if index is None:
+            if len(self._stream_index) >= _REMEMBERED_STREAMS:
+                self._stream_index.clear()
+            index = self._stream_index[stream] = self._partitions.partition(stream).index
+        return index
 
     # -- the engine's interface ------------------------------------------------------------
 
@@ -348,7 +393,7 @@ class ClusterReader:
     def put_back(self, message: ReceivedMessage) -> None:
         """Undo :meth:`receive` for a message no handler has seen: it is the next one returned.
         (Its reader learns of it only on close, when it is released uncounted.)"""
-        self._returned.appendleft((self._partitions.partition(message.stream).index, message))
+        self._returned.appendleft((self._index(message.stream), message))
 
     async def hand_again(self, message: ReceivedMessage) -> None:
         await self._reader(message).hand_again(message)
@@ -356,7 +401,7 @@ class ClusterReader:
     async def release(self, messages: list[ReceivedMessage]) -> None:
         by_reader: dict[int, list[ReceivedMessage]] = {}
         for message in messages:
-            by_reader.setdefault(self._partitions.partition(message.stream).index, []).append(message)
+            by_reader.setdefault(self._index(message.stream), []).append(message)
         for index, chosen in by_reader.items():
             await self._readers[index].release(chosen)
 
