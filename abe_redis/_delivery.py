@@ -24,8 +24,8 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, NamedTuple
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -48,7 +48,7 @@ from ._lease import LeaseTable
 from ._liveness import caller_gone
 from ._membership import Membership
 from ._message import ReceivedMessage, received
-from ._reads import ReadPlanner, stream_entries
+from ._reads import Entry, ReadPlan, ReadPlanner, filled, stream_entries
 from ._recovery import Recovery, Taken
 from ._registry import StreamRegistry, StreamSet
 from .dead_letters import write_dead_letter
@@ -112,6 +112,26 @@ class Leased(NamedTuple):
 _leased = tuple.__new__  # builds a Leased without NamedTuple's Python-level __new__
 
 
+def _eager_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task that runs at once up to its first wait, so that a read ahead is on the wire before
+    the caller gets its message: a caller that never awaits while its buffer lasts (a loop of
+    quick handlers) would otherwise send it only once the buffer ran dry. Through the loop's
+    task factory if it has one (one that takes no ``eager_start`` gets a plain task)."""
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    if factory is None:
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+    try:
+        return cast("asyncio.Task[None]", factory(loop, coro, eager_start=True))  # type: ignore[call-arg]
+    except TypeError:
+        return loop.create_task(coro)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class GroupReader:
     """One consumer in one group; :meth:`messages` is the generator ``consume()`` returns."""
 
@@ -173,6 +193,18 @@ class GroupReader:
         self._next_sweep = 0.0
         self._failures = 0
         self._throttle = Throttle()
+        # Reading ahead (see _read_ahead): on for a single-node taker with the configured
+        # prefetch. The read in flight, what it brought (leased, not yet buffered), whether the
+        # last read filled its COUNT, and the buffer length below which the next read goes out.
+        self._ahead_ok = False
+        self._packed_read: tuple[tuple[Any, ...], list[Any]] | None = None
+        self._ahead: asyncio.Task[None] | None = None
+        self._arrived: list[Leased] = []
+        self._backlog = False
+        # A quarter: the read goes out while the caller still has a quarter of the prefetch to
+        # handle, and brings up to three quarters (reading half at a time, collected at once,
+        # overlapped more but cost one consumer of four in a process more than it saved).
+        self._ahead_at = config.effective_prefetch // 4
 
     @property
     def consumer(self) -> str:
@@ -205,6 +237,11 @@ class GroupReader:
         self._iterating = asyncio.current_task()
         await self._flush_due_acks()
         while True:
+            if self._ahead is not None and (not self._buffer or self._name_lost):
+                # Its entries first: the buffer ran dry, or this name is lost and what the read
+                # brought goes with the rest of what it held (see _rejoin).
+                await self._collect()
+                continue
             if self._name_lost:
                 # Checked on every turn: a call that waits through an outage (reads, recovery)
                 # must not go on taking and handing out entries under a name another now holds.
@@ -230,6 +267,11 @@ class GroupReader:
             message = self._buffer.popleft()
             leases, _ = self._parts()
             if leases.stale(message.stream):
+                if self._ahead is not None:
+                    # Verify what the read ahead brings too: it may be of the same stream.
+                    self._buffer.appendleft(message)
+                    await self._collect()
+                    continue
                 try:
                     lost = await leases.verify(message.stream)
                 except TRANSIENT_ERRORS as exc:
@@ -251,6 +293,13 @@ class GroupReader:
                 # Its lease was dropped after it was taken (a peer took it over while it was on
                 # its way into the buffer, say): it is no longer this consumer's to hand out.
                 continue
+            if (
+                self._backlog
+                and self._ahead_ok
+                and self._ahead is None
+                and len(self._buffer) < self._ahead_at
+            ):
+                self._read_ahead()
             if self.metrics is not NULL_METRICS:
                 emit(self.metrics, "delivered", stream=message.stream, group=self.group)
             return message
@@ -273,6 +322,8 @@ class GroupReader:
             return None
         buffer.popleft()
         self._iterating = asyncio.current_task()
+        if self._backlog and self._ahead_ok and self._ahead is None and len(buffer) < self._ahead_at:
+            self._read_ahead()
         if self.metrics is not NULL_METRICS:
             emit(self.metrics, "delivered", stream=message.stream, group=self.group)
         return message
@@ -284,6 +335,7 @@ class GroupReader:
         leases, acks = self._parts()
         await self._guarded(acks.flush())
         self._buffer.clear()
+        self._arrived.clear()
         self._parked.clear()
         leases.clear()
         membership = self._membership.fresh()
@@ -320,15 +372,6 @@ class GroupReader:
     def buffered(self) -> int:
         """How many messages wait in the buffer."""
         return len(self._buffer)
-
-    @property
-    def held(self) -> int:
-        """How many entries count against its prefetch bound now, as a read counts them: buffered,
-        in hand, and unacknowledged, without those whose acknowledgement is queued."""
-        leases, acks = self._leases, self._acks
-        if leases is None or acks is None:
-            return 0
-        return len(leases) - len(acks) - len(self._parked)
 
     async def still_held(self, message: ReceivedMessage) -> bool:
         """Whether a message :meth:`receive` returned a while ago is still this consumer's, for
@@ -437,6 +480,9 @@ class GroupReader:
         # A single-node taker sends acknowledgements in its read's round trip; a cluster client
         # routes each command by key, and its pipelines do not wait out a blocking read.
         self._acks_ride_reads = isinstance(self._taker, Redis)
+        # Readers sharing a bound (a cluster consumer's partitions) ask for their share before
+        # each read with none in flight (see _budget); they read when their buffer is empty.
+        self._ahead_ok = self._acks_ride_reads and self._prefetch is None and self._ahead_at > 0
         try:
             name = await self._membership.join()
         except ResponseError as exc:
@@ -564,8 +610,45 @@ class GroupReader:
             keys[notifications] = ">"
         block = self._config.block_ms if plan.block else None
         _, acks = self._parts()
-        acked = acks.take() if self._acks_ride_reads and len(acks) else None
         sent = time.monotonic()
+        response = await self._send_read(
+            plan, keys, block, acks.take() if self._acks_ride_reads and len(acks) else None
+        )
+        entries = stream_entries(response)
+        notes = [e for e in entries if e[0] == notifications]
+        if notes:
+            entries = [e for e in entries if e[0] != notifications]
+            self._streams.force()
+        self._planner.observe(plan, entries)
+        self._backlog = filled(plan, entries)
+        if (
+            not entries
+            and not notes
+            and plan.block
+            and time.monotonic() - sent < self._config.block_ms / 10_000
+        ):
+            # A blocking read that comes back empty at once is a broken server or fake (fakeredis
+            # < 2.41 does this with COUNT); pause rather than spin.
+            await asyncio.sleep(min(self._config.block_ms, 100) / 1000)
+        if entries:
+            await self._intake(self._lease_read(entries, sent))
+        if notes:
+            # Last: what was read is leased and buffered first, whatever this answers.
+            await self._guarded(self._client.xack(notifications, self.group, *(i for _, i, _ in notes)))
+
+    async def _send_read(
+        self,
+        plan: ReadPlan,
+        keys: dict[str, str],
+        block: int | None,
+        acked: dict[str, list[ReceivedMessage]] | None,
+    ) -> Any:
+        """Send the XREADGROUP of ``plan`` on the taker, behind the XACKs of ``acked`` if any (one
+        round trip), settle those, and return the read's reply. A read whose reply may have
+        carried entries and was lost (a connection error, a cancellation) marks its streams for
+        the orphan check: the entries are this consumer's in Redis, and taken back before the
+        next read or on close."""
+        _, acks = self._parts()
         try:
             if acked:
                 # One round trip: the handled entries' XACKs, then the read that refills the room
@@ -591,32 +674,93 @@ class GroupReader:
             # The reply may have carried entries: look for them before the next read, or on close.
             self._orphan_check.update(plan.streams)
             raise
+        return response
+
+    def _lease_read(self, entries: list[Entry], sent: float) -> list[Leased]:
+        """Lease what a read returned (``sent``: when the read was sent), the moment it is known:
+        from here on a close releases it, whether or not it reached the buffer."""
+        leases, _ = self._parts()
+        by_stream: dict[str, list[tuple[str, int]]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append((entry_id, 1))
+        for stream, taken_ids in by_stream.items():
+            leases.take(stream, taken_ids, at=sent)
+        return [_leased(Leased, (s, i, f, 1)) for s, i, f in entries]
+
+    # -- reading ahead -------------------------------------------------------------------
+
+    def _read_ahead(self) -> None:
+        """While a backlog lasts, send the next read before the buffer runs dry, so that its
+        round trip overlaps the caller's work on what is still buffered. Called as a message is
+        handed out; the read goes out before this returns (an eagerly started task), and its
+        entries are leased as soon as its reply is parsed, then buffered by :meth:`_collect`.
+
+        Only within the prefetch bound: the read asks for at most the room left by what is
+        held (buffered, in hand, unacknowledged), as :meth:`_fill` does, so buffered + in hand +
+        in flight never exceeds ``prefetch``. Never while :meth:`_fill` has other work due
+        (recovery, a sweep, discovery, parked dead letters): those run once the buffer is empty,
+        with the read they precede. Never blocking, and never without a backlog: a read that
+        got less than it asked for ends reading ahead until a read fills its COUNT again, so an
+        idle consumer sends nothing more than before."""
+        leases, acks = self._leases, self._acks
+        assert leases is not None and acks is not None
+        now = time.monotonic()
+        if self._background_error is not None or self._streams.due(now) or self._recovery_due(now):
+            return
+        held = len(leases) - len(acks)
+        room = self._config.effective_prefetch - held
+        if room < self._ahead_at:
+            # Handlers hold most of the room (a runner with several in hand): read when the
+            # buffer is empty instead, as without reading ahead.
+            self._backlog = False
+            return
+        streams = self._streams.streams
+        plan = self._planner.plan(streams, room)
+        if plan.block and len(streams) > room:
+            self._backlog = False  # no stream is known to have a backlog
+            return
+        keys = dict.fromkeys(plan.streams, ">")
+        task = _eager_task(self._ahead_read(plan, keys, acks.take() if len(acks) else None))
+        # A consumer abandoned with a read ahead in flight never awaits it: mark a failure seen.
+        task.add_done_callback(_retrieve)
+        self._ahead = task
+
+    async def _ahead_read(
+        self, plan: ReadPlan, keys: dict[str, str], acked: dict[str, list[ReceivedMessage]] | None
+    ) -> None:
+        sent = time.monotonic()
+        response = await self._send_read(plan, keys, None, acked)
         entries = stream_entries(response)
-        notes = [e for e in entries if e[0] == notifications]
-        if notes:
-            entries = [e for e in entries if e[0] != notifications]
-            self._streams.force()
         self._planner.observe(plan, entries)
-        if (
-            not entries
-            and not notes
-            and plan.block
-            and time.monotonic() - sent < self._config.block_ms / 10_000
-        ):
-            # A blocking read that comes back empty at once is a broken server or fake (fakeredis
-            # < 2.41 does this with COUNT); pause rather than spin.
-            await asyncio.sleep(min(self._config.block_ms, 100) / 1000)
+        self._backlog = filled(plan, entries)
         if entries:
-            leases, _ = self._parts()
-            by_stream: dict[str, list[tuple[str, int]]] = {}
-            for stream, entry_id, _ in entries:
-                by_stream.setdefault(stream, []).append((entry_id, 1))
-            for stream, taken_ids in by_stream.items():
-                leases.take(stream, taken_ids, at=sent)
-            await self._intake([_leased(Leased, (s, i, f, 1)) for s, i, f in entries])
-        if notes:
-            # Last: what was read is leased and buffered first, whatever this answers.
-            await self._guarded(self._client.xack(notifications, self.group, *(i for _, i, _ in notes)))
+            self._arrived += self._lease_read(entries, sent)
+
+    async def _collect(self) -> None:
+        """Wait for the read ahead in flight and buffer what it brought; its errors are handled
+        as :meth:`_fill` handles a read's. Run before the loop does anything that needs the taker
+        (which carries one command at a time) or all of what this consumer holds (a verify, a
+        rejoin)."""
+        task = self._ahead
+        assert task is not None
+        try:
+            # Not shielded: a caller cancelled meanwhile cuts the read off, as it would its own read
+            # (the connection is dropped and the read's streams go to the orphan check).
+            await task
+            self._failures = 0
+        except ResponseError as exc:
+            self._backlog = False
+            await self._on_response_error(exc)
+        except TRANSIENT_ERRORS as exc:
+            self._backlog = False
+            self._failures += 1
+            await wait_out(exc, self._failures, self._throttle)
+        finally:
+            if self._ahead is task and task.done():
+                self._ahead = None
+        arrived, self._arrived = self._arrived, []
+        if arrived:
+            await self._intake(arrived)
 
     async def _ack_and_read(
         self, acked: dict[str, list[ReceivedMessage]], keys: dict[str, str], count: int, block: int | None
@@ -633,13 +777,21 @@ class GroupReader:
         pool = taker.connection_pool
         connection = await pool.get_connection()
         try:
-            read: list[Any] = ["XREADGROUP", b"GROUP", self.group, self.consumer, b"COUNT", count]
-            if block is not None:
-                read += [b"BLOCK", block]
-            read += [b"STREAMS", *keys, *keys.values()]
+            # The same read is sent batch after batch: packed once (redis-py packs per argument).
+            key = (self.consumer, count, block, *keys.items())
+            cached = self._packed_read
+            if cached is not None and cached[0] == key:
+                packed_read = cached[1]
+            else:
+                read: list[Any] = ["XREADGROUP", b"GROUP", self.group, self.consumer, b"COUNT", count]
+                if block is not None:
+                    read += [b"BLOCK", block]
+                read += [b"STREAMS", *keys, *keys.values()]
+                packed_read = connection.pack_command(*read)
+                self._packed_read = (key, packed_read)
             # A list of chunks, not one bytes: a simulated connection packs commands as objects.
             await connection.send_packed_command(
-                [acks.packed(acked, connection.encoder.encode), *connection.pack_command(*read)]
+                [acks.packed(acked, connection.encoder.encode), *packed_read]
             )
             replies: list[Any] = []
             for _ in acked:
@@ -846,6 +998,16 @@ class GroupReader:
         self._buffer.clear()
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                ahead = self._ahead
+                if ahead is not None:
+                    # A read ahead in flight: its entries are this consumer's once it answers,
+                    # and released with the rest. One that does not answer soon is cut off; its
+                    # streams are then in the orphan check below.
+                    await asyncio.wait({ahead}, timeout=CLOSE_TIMEOUT_S / 4)
+                    ahead.cancel()
+                    await asyncio.gather(ahead, return_exceptions=True)
+                    self._ahead = None
+                self._arrived.clear()  # leased: the release below gives them back uncounted
                 # Each step is tried on its own, a few times: one connection reset must not leave
                 # the rest undone (handled messages unacknowledged, held ones unreleased).
                 if leases is not None and acks is not None:

@@ -54,6 +54,18 @@ class ReadPlan:
         self.block = block
 
 
+def filled(plan: ReadPlan, entries: list[Entry]) -> bool:
+    """Whether a stream of ``plan`` returned its full COUNT: it may have more (a backlog)."""
+    if len(plan.streams) == 1:
+        return len(entries) >= plan.count
+    per_stream: dict[str, int] = {}
+    for stream, _, _ in entries:
+        per_stream[stream] = got = per_stream.get(stream, 0) + 1
+        if got >= plan.count:
+            return True
+    return False
+
+
 class ReadPlanner:
     def __init__(self) -> None:
         self._hot: dict[str, None] = {}  # insertion-ordered set
