@@ -373,6 +373,15 @@ class GroupReader:
         """How many messages wait in the buffer."""
         return len(self._buffer)
 
+    @property
+    def held(self) -> int:
+        """How many entries count against its prefetch bound now, as a read counts them: buffered,
+        in hand, and unacknowledged, without those whose acknowledgement is queued."""
+        leases, acks = self._leases, self._acks
+        if leases is None or acks is None:
+            return 0
+        return len(leases) - len(acks) - len(self._parked)
+
     async def still_held(self, message: ReceivedMessage) -> bool:
         """Whether a message :meth:`receive` returned a while ago is still this consumer's, for
         a merging reader that queues messages ahead of its caller: while one waits there, a
