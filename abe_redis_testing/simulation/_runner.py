@@ -264,6 +264,8 @@ class _Simulation:
         self.backends: list[RedisStreamsBackend] = []
         self.stopping = False
         self.last_fault = 0.0
+        self._expected: set[int] = set()
+        self._expected_for = (-1, -1)
 
     def record(self, event: str) -> None:
         self.trace.append(f"{self.loop.time():.6f} {event}")
@@ -418,10 +420,16 @@ class _Simulation:
 
     def waiting(self) -> dict[str, set[int]]:
         # A message published (started) before the last restart is excused: the restart may have
-        # taken it.
-        last_restart = max(self.history.restarts, default=-1.0)
-        started = self.history.publish_started
-        expected = {n for n in self.history.published if started[n] > last_restart}
+        # taken it. Publishes and restarts only accumulate, and the drain asks twenty times a
+        # virtual second: the expected set is rebuilt only when either has grown.
+        history = self.history
+        grown = (len(history.published), len(history.restarts))
+        if grown != self._expected_for:
+            last_restart = max(history.restarts, default=-1.0)
+            started = history.publish_started
+            self._expected = {n for n in history.published if started[n] > last_restart}
+            self._expected_for = grown
+        expected = self._expected
         return {g: expected - done - self.dead[g] for g, done in self.completed.items()}
 
     async def drain(self) -> None:
