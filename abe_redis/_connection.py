@@ -251,6 +251,11 @@ def is_wrong_type(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
+def is_missing_stream(exc: BaseException) -> bool:
+    """``XGROUP CREATE`` without ``MKSTREAM`` on a key that does not exist."""
+    return isinstance(exc, ResponseError) and "requires the key to exist" in str(exc)
+
+
 def is_missing_group(exc: BaseException) -> bool:
     """NOGROUP, or Redis 7.0's answer to a *blocked* read whose stream was deleted."""
     if not isinstance(exc, ResponseError):

@@ -38,6 +38,7 @@ from ._connection import (
     close_client,
     dedicated_client,
     is_missing_group,
+    is_missing_stream,
     is_out_of_memory,
     is_wrong_type,
     setup_error,
@@ -548,17 +549,34 @@ class GroupReader:
         )
 
     async def _create_groups(self, streams: list[str], start_id: str) -> None:
+        # Without MKSTREAM first. A listed stream that is gone was lost after the registry was
+        # read (a restart without persistence, FLUSHALL): creating it here would let the
+        # publisher's NOMKSTREAM fast path succeed on it, so nobody would register it again
+        # and consumers that start later would never read it (simulate seed 818). So it is
+        # created, and put back in the registry, in the same step.
+        missing = await self._xgroup_create(streams, start_id, mkstream=False)
+        if missing:
+            await self._xgroup_create(missing, start_id, mkstream=True)
+            await self._registry.repair(missing)
+
+    async def _xgroup_create(self, streams: list[str], start_id: str, *, mkstream: bool) -> list[str]:
+        """Create the group on ``streams``; returns those that do not exist (without MKSTREAM)."""
         async with self._client.pipeline(transaction=False) as pipe:
             for stream in streams:
-                pipe.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                pipe.xgroup_create(stream, self.group, id=start_id, mkstream=mkstream)
             replies = await pipe.execute(raise_on_error=False)
+        missing = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
                 if is_wrong_type(reply):
                     self._streams.skip(stream, "key of another type")
                     continue
+                if not mkstream and is_missing_stream(reply):
+                    missing.append(stream)
+                    continue
                 raise reply
             self._grouped.add(stream)
+        return missing
 
     async def _create_group(self, stream: str, start_id: str) -> None:
         try:

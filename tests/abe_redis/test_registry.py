@@ -131,6 +131,37 @@ async def test_a_registry_lost_after_a_consumer_read_it_is_put_back_for_consumer
     assert sorted(m.stream + str(m["n"]) for m in got) == ["s00", "s11", "s12", "s13"]
 
 
+async def test_a_stream_a_consumer_recreates_after_a_flush_is_registered_again(
+    queue_backend_factory: RedisBackendFactory,
+) -> None:
+    """Simulate seed 818: a consumer listed s0, the server restarted without persistence before
+    it created its group, and its ``XGROUP CREATE ... MKSTREAM`` recreated s0 empty. The
+    publisher's one-command path (``XADD NOMKSTREAM``) then found the stream and registered
+    nothing, so a consumer starting later never read s0."""
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    await publisher.publish("s0", {"n": 0})  # registered; the publisher remembers it is
+    await client.flushall()  # the restart
+    # The stale listing, played by a configured name: the consumer knows s0 though the
+    # registry does not, and creates its group on the missing stream.
+    knowing = queue_backend_factory(streams=("s0",)).consume(group="g1")
+    try:
+        taking = asyncio.ensure_future(take(knowing, 1))
+        while not await client.exists("s0"):  # until its group (and so the stream) exists
+            assert not taking.done()
+            await asyncio.sleep(0.01)
+        await publisher.publish("s0", {"n": 1})  # XADD NOMKSTREAM: the stream is there
+        assert [m["n"] for m in await taking] == [1]
+    finally:
+        await knowing.aclose()
+    assert await client.sismember(publisher.config.registry_key, "s0")
+    later = queue_backend_factory().consume(group="g2")
+    try:
+        assert [m["n"] for m in await take(later, 1)] == [1]
+    finally:
+        await later.aclose()
+
+
 async def test_registration_failure_after_a_written_message_does_not_raise(
     redis_server_handle: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

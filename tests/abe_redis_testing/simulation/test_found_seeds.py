@@ -54,3 +54,21 @@ def test_seed_stays_fixed(seed: int, faults: tuple[str, ...]) -> None:
     """The focused tests: tests/abe_redis/test_lease.py, test_recovery.py, test_membership.py,
     test_registry.py."""
     replay_seed(seed, workload="default", faults=faults, server="fakeredis")
+
+
+FOUND_ON_MODEL: dict[tuple[int, tuple[str, ...]], str] = {
+    (818, FAULT_KINDS): "a consumer listed a stream just before a restart without persistence, then "
+    "created its group with MKSTREAM after it: the stream came back empty and unregistered, the "
+    "publisher's NOMKSTREAM path found it and registered nothing, and consumers started later never "
+    "read it",
+}
+
+
+@pytest.mark.parametrize(
+    ("seed", "faults"),
+    sorted(FOUND_ON_MODEL),
+    ids=lambda v: f"seed-{v}" if isinstance(v, int) else ",".join(v),
+)
+def test_seed_found_on_the_model_stays_fixed(seed: int, faults: tuple[str, ...]) -> None:
+    """Seeds found with the lean model as the server (the default); focused tests as above."""
+    replay_seed(seed, workload="default", faults=faults, server="model")
