@@ -13,7 +13,13 @@ the anomalies that matter for Redis Streams consumer groups:
 ``stranded``             still pending in a group after the final drain
 ``concurrently_handled`` two handlers on the same message at the same time, while neither had
                          exceeded the claim timeout and no partition excused it
-``falsely_dead_lettered`` dead-lettered before handlers had received it ``max_deliveries`` times
+``falsely_dead_lettered`` dead-lettered before handlers had received it ``max_deliveries`` times,
+                         unless cut-off holders account for every missing delivery (below)
+``dead_lettered_after_cut_off`` dead-lettered short of ``max_deliveries`` where each missing
+                         handler delivery is a count skip made while a holder was cut off
+                         (killed, or partitioned past its lease): it could not set back the
+                         count of entries it had read but not handed out. The engine's known
+                         limit; counted, not failed by default
 ``count_backwards``      a later delivery of an entry carried a smaller delivery count
 ``count_skipped``        a delivery count above the number of deliveries a handler saw (the
                          target semantics: only a hand-over to a caller counts)
@@ -50,6 +56,7 @@ CATEGORIES: tuple[str, ...] = (
     "stranded",
     "concurrently_handled",
     "falsely_dead_lettered",
+    "dead_lettered_after_cut_off",
     "count_backwards",
     "count_skipped",
     "crashed",
@@ -197,7 +204,20 @@ def check(
         if max_deliveries is not None:
             for msg, letters in dead[group].items():
                 seen = len(handled.get(msg, ()))
-                if seen < max_deliveries:
+                if seen >= max_deliveries:
+                    continue
+                since = history.publish_started.get(msg, history.published.get(msg, 0.0))
+                skipped = _skips_while_cut_off(
+                    history, handled.get(msg, []), since, letters[0].delivery_count
+                )
+                if skipped >= max_deliveries - seen:
+                    tally.add(
+                        "dead_lettered_after_cut_off",
+                        f"{group}: message {msg} dead-lettered (count {letters[0].delivery_count}) "
+                        f"after {seen} handler deliveries, the rest counted while a holder was cut off",
+                        msg=msg,
+                    )
+                else:
                     tally.add(
                         "falsely_dead_lettered",
                         f"{group}: message {msg} dead-lettered (count {letters[0].delivery_count}) "
@@ -236,6 +256,31 @@ def _lost(
             tally.add("lost_to_restart", f"{group}: message {msg} published before a restart", msg=msg)
         else:
             tally.add("lost", f"{group}: message {msg} published at {history.published[msg]:.3f}s", msg=msg)
+
+
+def _skips_while_cut_off(history: History, handlings: list[Handling], since: float, final: int) -> int:
+    """Deliveries counted but never handed to a handler, in gaps (from ``since``, the publish,
+    to each handler delivery, then to the dead letter counted ``final``) that overlap a window
+    where a holder was cut off. A holder that is killed or partitioned past its lease cannot set
+    back the count of what it read but had not handed out, so the peer that takes it over counts
+    it once more."""
+    skipped = 0
+    previous = 0
+    start = since
+    gaps: list[tuple[int, float, float]] = []
+    for handling in handlings:
+        count = handling.delivery_count
+        if count is None:
+            continue
+        gaps.append((count - previous - 1, start, handling.start))
+        previous = count
+        start = handling.start
+    # The dead letter itself is taken by a claim that counts once more (past max_deliveries).
+    gaps.append((final - previous - 1, start, float("inf")))
+    for gap, t_start, t_end in gaps:
+        if gap > 0 and any(t0 < t_end and t1 > t_start for t0, t1 in history.excused):
+            skipped += gap
+    return skipped
 
 
 def _counts(group: str, msg: int, handlings: list[Handling], tally: _Tally) -> None:

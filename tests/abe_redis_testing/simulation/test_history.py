@@ -90,6 +90,42 @@ def test_false_dead_letters_and_delivery_counts() -> None:
     assert set(verdict.failures) == {"falsely_dead_lettered", "count_backwards"}
 
 
+def test_a_dead_letter_short_of_max_deliveries_is_excused_only_by_skips_made_while_cut_off() -> None:
+    # Read at 0.5 by a holder that was then cut off; the peer's claim counted 2 at the first
+    # handler delivery, and the dead letter came after 2 handler deliveries of 3.
+    handlings = [
+        Handling(1, "b", 2.0, 2.1, "g", "1-0", 2, "failed"),
+        Handling(1, "b", 2.2, 2.3, "g", "1-0", 3, "failed"),
+    ]
+    letters = [DeadLettered(1, "g", 4)]
+    cut_off = check(
+        _history(published={1: 0.0}, handlings=handlings, dead_letters=letters, excused=[(0.6, 1.8)]),
+        max_deliveries=3,
+    )
+    assert cut_off.ok
+    assert cut_off.counts["dead_lettered_after_cut_off"] == 1
+    assert cut_off.counts["falsely_dead_lettered"] == 0
+    # The same skip with no holder cut off (a live consumer that did not set the count back).
+    live = check(_history(published={1: 0.0}, handlings=handlings, dead_letters=letters), max_deliveries=3)
+    assert live.failures == {"falsely_dead_lettered": 1}
+    # A cut-off window that ended before the skip's gap began excuses nothing.
+    early = check(
+        _history(published={1: 1.0}, handlings=handlings, dead_letters=letters, excused=[(0.1, 0.5)]),
+        max_deliveries=3,
+    )
+    assert early.failures == {"falsely_dead_lettered": 1}
+    # A cut-off after the last handler delivery excuses the dead letter's own extra count.
+    tail = [
+        Handling(1, "b", 2.0, 2.1, "g", "1-0", 1, "failed"),
+        Handling(1, "b", 2.2, 2.3, "g", "1-0", 2, "failed"),
+    ]
+    late = check(
+        _history(published={1: 0.0}, handlings=tail, dead_letters=letters, excused=[(3.0, 4.0)]),
+        max_deliveries=3,
+    )
+    assert late.counts["dead_lettered_after_cut_off"] == 1 and late.ok
+
+
 def test_failing_categories_are_configurable_and_checked() -> None:
     history = _history(
         published={1: 0.0}, handlings=[Handling(1, "a", 1, 2, "g"), Handling(1, "b", 3, 4, "g")]
