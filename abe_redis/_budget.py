@@ -104,7 +104,11 @@ class PrefetchBudget:
         self._learned[reader] = True
         self._reserved[reader] = False
         self._lent[reader] = False
-        self._grant(reader, max(held, 1))
+        self._granted[reader] = max(held, 1)
+        # Told even when the grant kept its size (the reader still holds it, say): it is no
+        # longer lent, which may be what the first in line waits for (see ready()).
+        if self._on_return is not None:
+            self._on_return()
 
     def filling(self, reader: int) -> bool:
         """Whether the reader's last read found a backlog (it then waits its turn)."""

@@ -351,6 +351,10 @@ class ClusterReader:
             event = self._turn_ready[index]
             try:
                 while True:
+                    # What those in line hold may have dropped since they joined (an ack flush
+                    # in flight counted its entries as held): their grants follow.
+                    for waiting in self._turns:
+                        budget.release(waiting, self._readers[waiting].held)
                     event.clear()
                     if self._turns[0] == index and budget.ready(index, reader.held):
                         break

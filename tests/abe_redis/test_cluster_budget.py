@@ -77,6 +77,24 @@ def test_a_reader_reads_what_is_free_when_nothing_lent_is_left_to_come_back() ->
     assert budget.reserve(0, 0) == 1 and budget.granted == 16
 
 
+def test_a_release_that_keeps_its_grant_still_wakes_the_line() -> None:
+    """A reader released while it still counts its whole grant as held (acknowledgements in
+    flight, say) gives nothing back, but it is no longer lent out, and the first in line may be
+    waiting for exactly that (nothing left to come back): it must be told, or it waits forever
+    (seen under load, a consumer stalled with every partition in line)."""
+    returned: list[bool] = []
+    budget = PrefetchBudget(100, 16, on_return=lambda: returned.append(True))
+    _all_filling(budget, 16)
+    budget.release(0, 0)
+    granted = budget.reserve(0, 0)
+    budget.limit(0, 0)
+    _fill(budget, 0, granted)
+    returned.clear()
+    budget.release(0, granted)
+    assert returned == [True]
+    assert budget.granted == 15 + granted
+
+
 @given(
     st.integers(1, 8).flatmap(
         lambda readers: st.tuples(
