@@ -6,11 +6,14 @@ blocking ``XREADGROUP`` covers the partition's streams and notification stream, 
 and transactions stay in that slot, and redis-py's cluster client routes every command to the
 master serving it (following ``MOVED``/``ASK`` and reloading the slot map after a failover).
 
-The readers run side by side, each in a task, and share the consumer's prefetch bound as they
-need it (:mod:`abe_redis._budget`), so that the consumer as a whole holds at most ``prefetch``
-entries while a busy partition may use most of them. Messages reach the
-caller in the order the partitions produced them; which reader a message belongs to is read from
-its stream name.
+The caller hands out the readers' buffered messages itself, the partitions taking turns one
+message each, without a task switch; a task per partition does only what needs an await (a read,
+due acknowledgements, a stale lease's verification), see :meth:`ClusterReader.__init__`. The
+readers share the consumer's prefetch bound as they need it (:mod:`abe_redis._budget`), so that
+the consumer as a whole holds at most ``prefetch`` entries while a busy partition may use most of
+them, and partitions with a backlog take turns at reading large batches. Each partition's
+messages reach the caller in its order; which reader a message belongs to is read from its
+stream name.
 """
 
 from __future__ import annotations
