@@ -142,11 +142,14 @@ class LeaseTable:
         streams = self.streams()
         if not streams:
             return lost
+        # Taken before any await: a client whose pipeline awaits on entry (a cluster wrapper)
+        # lets acks drop a stream's last lease meanwhile.
+        held = [(stream, list(self._held[stream])) for stream in streams]
         sent = time.monotonic()
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for stream in streams:
-                    pipe.xclaim(stream, self._group, self.consumer, 0, list(self._held[stream]), justid=True)
+                for stream, ids in held:
+                    pipe.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
                 await pipe.execute(raise_on_error=False)
         except BaseException:
             self._unsure(streams)

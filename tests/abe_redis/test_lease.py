@@ -319,3 +319,49 @@ async def test_an_entry_lost_to_a_peer_on_its_way_into_the_buffer_is_never_hande
     pending = await client.xpending_range("intake", "g", min="-", max="+", count=10)
     owners = {p["message_id"].decode(): p["consumer"] for p in pending}
     assert owners[claimed[0]] == b"peer"  # the peer's still: closing released only the other
+
+
+async def test_a_refresh_survives_acks_dropping_a_stream_while_its_pipeline_opens() -> None:
+    """A cluster client's pipeline may await on entry; acks that drop a stream's last lease
+    meanwhile must not break the renewal of the rest (it raised KeyError)."""
+    from abe_redis._lease import LeaseTable
+
+    sent: list[tuple[str, list[str]]] = []
+
+    class _Pipe:
+        def __init__(self, table: LeaseTable) -> None:
+            self._table = table
+
+        async def __aenter__(self) -> _Pipe:
+            await asyncio.sleep(0)
+            self._table.drop("a", ["1-0"])  # the ack that lands while the pipeline opens
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def xclaim(
+            self, stream: str, group: str, consumer: str, idle: int, ids: list[str], **kw: Any
+        ) -> None:
+            sent.append((stream, ids))
+
+        async def execute(self, raise_on_error: bool = True) -> list[Any]:
+            return [[] for _ in sent]
+
+    class _Client:
+        table: LeaseTable
+
+        def pipeline(self, transaction: bool = True) -> _Pipe:
+            return _Pipe(self.table)
+
+    client = _Client()
+    leases = LeaseTable(client, group="g", consumer="c", claim_idle_ms=1000, refresh_ms=300)
+    client.table = leases
+    now = time.monotonic()
+    leases.take("a", [("1-0", 1)], at=now)
+    leases.take("b", [("2-0", 1), ("3-0", 1)], at=now)
+    assert await leases.refresh() == []
+    # Both streams were renewed as held when the refresh began; "a"'s renewal of an
+    # acknowledged entry is harmless (XCLAIM skips what is no longer pending).
+    assert sent == [("a", ["1-0"]), ("b", ["2-0", "3-0"])]
+    assert leases.streams() == ["b"]
