@@ -133,31 +133,31 @@ class LeaseTable:
         Streams whose leases went stale are verified instead; returns the (stream, id) pairs
         lost to a peer meanwhile.
         """
-        lost = [
-            (stream, entry_id)
-            for stream in self.streams()
-            if self.stale(stream)
-            for entry_id in await self.verify(stream)
-        ]
-        streams = self.streams()
-        if not streams:
-            return lost
-        # Taken before any await: a client whose pipeline awaits on entry (a cluster wrapper)
-        # lets acks drop a stream's last lease meanwhile.
-        held = [(stream, list(self._held[stream])) for stream in streams]
-        sent = time.monotonic()
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for stream, ids in held:
-                    pipe.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
-                await pipe.execute(raise_on_error=False)
-        except BaseException:
-            self._unsure(streams)
-            raise
-        for stream in streams:
-            if stream in self._refreshed_at:
-                self._refreshed_at[stream] = sent
-        return lost
+        # The fresh streams are renewed first, blind (min-idle 0), as soon as they are found
+        # fresh: verifying the others can take long (lost replies, reads sent again), and a
+        # stream fresh when this call began may lapse meanwhile and be rightly claimed by a
+        # peer, which a renewal sent after the verifications would steal back (simulate seed
+        # 793: the peer handed it out at count 3; the stolen entry was released with its count
+        # set back to 1 and handed out again at 2).
+        streams = [stream for stream in self.streams() if not self.stale(stream)]
+        stale = [stream for stream in self.streams() if self.stale(stream)]
+        if streams:
+            # Taken before any await: a client whose pipeline awaits on entry (a cluster wrapper)
+            # lets acks drop a stream's last lease meanwhile.
+            held = [(stream, list(self._held[stream])) for stream in streams]
+            sent = time.monotonic()
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for stream, ids in held:
+                        pipe.xclaim(stream, self._group, self.consumer, 0, ids, justid=True)
+                    await pipe.execute(raise_on_error=False)
+            except BaseException:
+                self._unsure(streams)
+                raise
+            for stream in streams:
+                if stream in self._refreshed_at:
+                    self._refreshed_at[stream] = sent
+        return [(stream, entry_id) for stream in stale for entry_id in await self.verify(stream)]
 
     def _unsure(self, streams: Iterable[str]) -> None:
         """A renewal or release whose outcome is unknown (its reply was lost; it may have run, or
@@ -189,6 +189,11 @@ class LeaseTable:
         # already acknowledged it): either way not this consumer's to hand out.
         lost = [i for i, (owner, _) in owners.items() if owner != self.consumer]
         if mine:
+            # What is still this consumer's is renewed as of this command, not of the read: a
+            # verification over a slow link takes long enough that, timed from the read, the
+            # stream would be stale again at once and only ever verified, never renewed in one
+            # command, until a lease lapsed under a handler (simulate seed 644).
+            sent = time.monotonic()
             async with self._client.pipeline(transaction=False) as pipe:
                 for entry_id, idle in mine.items():
                     pipe.xclaim(stream, self._group, self.consumer, idle, [entry_id], justid=True)
@@ -272,16 +277,32 @@ class LeaseTable:
         wanted = None if entries is None else set(entries)
         if entries is None:
             self._adopt_uncounted()
-        for stream in self.streams():
-            if self.stale(stream) and (wanted is None or any(s == stream for s, _ in wanted)):
-                # A peer may have claimed some meanwhile: XCLAIM would steal them back and set
-                # their count lower. Verifying drops those from the table first.
+        streams = [s for s in self.streams() if wanted is None or any(w == s for w, _ in wanted)]
+        # A released entry is claimed with min-idle 0: once a peer may have claimed it (its lease
+        # went stale), that would steal it back and set its count lower. So the fresh streams go
+        # at once, in one round trip, and each stale one straight after its own verification
+        # (which drops what a peer took and renews the rest, each guarded by its idle time): not
+        # after verifying every other, which can take long enough for any of them to lapse.
+        fresh = [stream for stream in streams if not self.stale(stream)]
+        await self._release(fresh, wanted)
+        for stream in streams:
+            if stream not in fresh:
                 await self.verify(stream)
+                await self._release([stream], wanted)
+        if entries is None:
+            self.clear()
+        while len(self.released) > _RELEASED_LIMIT:  # most are long acknowledged by peers
+            del self.released[next(iter(self.released))]
+
+    async def _release(self, streams: list[str], wanted: set[tuple[str, str]] | None) -> None:
+        """One round trip: release what is held (and wanted) of ``streams``, and forget it."""
         chosen: dict[str, dict[str, Lease]] = {}
-        for stream, held in self._held.items():
-            for entry_id, lease in held.items():
+        for stream in streams:
+            for entry_id, lease in self._held.get(stream, {}).items():
                 if wanted is None or (stream, entry_id) in wanted:
                     chosen.setdefault(stream, {})[entry_id] = lease
+        if not chosen:
+            return
         async with self._client.pipeline(transaction=False) as pipe:
             for stream, held in chosen.items():
                 by_count: dict[int, list[str]] = {}
@@ -302,17 +323,14 @@ class LeaseTable:
                         retrycount=retry_count,
                         justid=True,
                     )
-            if len(pipe):
-                try:
-                    await pipe.execute()
-                except BaseException:
-                    self._unsure(chosen)
-                    raise
-        if entries is None:
-            self.clear()
-        else:
-            for stream, held in chosen.items():
+            try:
+                await pipe.execute()
+            except BaseException:
+                self._unsure(chosen)
+                raise
+        for stream, held in chosen.items():
+            if wanted is not None:
                 self.released.update(dict.fromkeys((stream, i) for i, lease in held.items() if lease.handed))
-                self.drop(stream, list(held))
-            while len(self.released) > _RELEASED_LIMIT:  # most are long acknowledged by peers
-                del self.released[next(iter(self.released))]
+            # Released ones are forgotten at once: a later step of the same release may fail,
+            # and trying again must not claim these, claimable by peers now, once more.
+            self.drop(stream, list(held))

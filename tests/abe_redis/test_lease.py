@@ -365,3 +365,105 @@ async def test_a_refresh_survives_acks_dropping_a_stream_while_its_pipeline_open
     # acknowledged entry is harmless (XCLAIM skips what is no longer pending).
     assert sent == [("a", ["1-0"]), ("b", ["2-0", "3-0"])]
     assert leases.streams() == ["b"]
+
+
+async def _fresh_and_stale(
+    queue_backend_factory: RedisBackendFactory, prefix: str
+) -> tuple[Any, Any, str, str]:
+    """Consumer ``mine`` holding one entry of ``<prefix>-fresh`` (just renewed) and one of
+    ``<prefix>-stale`` (unrenewed for long: verified before any other use)."""
+    from abe_redis._lease import LeaseTable
+
+    client: Any = queue_backend_factory.client()
+    ids = []
+    for stream in (f"{prefix}-fresh", f"{prefix}-stale"):
+        ids.append((await client.xadd(stream, {"payload": b"{}"})).decode())
+        await client.xgroup_create(stream, "g", id="0")
+        await client.xreadgroup("g", "mine", {stream: ">"}, count=1)
+    leases = LeaseTable(client, group="g", consumer="mine", claim_idle_ms=1000, refresh_ms=300)
+    leases.take(f"{prefix}-fresh", [(ids[0], 1)], at=time.monotonic())
+    leases.take(f"{prefix}-stale", [(ids[1], 1)], at=0.0)
+    return client, leases, ids[0], ids[1]
+
+
+def _slow_verification(monkeypatch: Any, client: Any, leases: Any, stream: str, entry_id: str) -> list[str]:
+    """While the stale stream is verified, the fresh one lapses (the verification took longer
+    than the claim timeout) and a peer rightly claims its entry."""
+    from abe_redis._lease import LeaseTable
+
+    owners = LeaseTable._owners
+    claimed: list[str] = []
+
+    async def lapse_meanwhile(self: LeaseTable, verified: str, ids: list[str]) -> Any:
+        if verified != stream and not claimed:
+            leases._refreshed_at[stream] = time.monotonic() - 1.5
+            await client.xclaim(stream, "g", "peer", 0, [entry_id])
+            claimed.append(entry_id)
+        return await owners(self, verified, ids)
+
+    monkeypatch.setattr(LeaseTable, "_owners", lapse_meanwhile)
+    return claimed
+
+
+async def test_a_renewal_is_never_sent_after_verifying_another_stream_for_longer_than_its_lease(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulate seed 793: a refresh verified a stale stream first, over a lossy link (its reads
+    sent again), long enough for the other stream's lease to lapse and a peer to claim and hand
+    out its entry at count 3; the refresh then renewed that stream blind (min-idle 0), stealing
+    the entry back, and its release set the count back to 1 (handed out again at 2). Fresh
+    streams are renewed before any verification, as soon as they are found fresh."""
+    client, leases, fresh_id, _ = await _fresh_and_stale(queue_backend_factory, "renew-order")
+    claimed = _slow_verification(monkeypatch, client, leases, "renew-order-fresh", fresh_id)
+    assert await leases.refresh() == []
+    assert claimed == [fresh_id]
+    [pending] = await client.xpending_range("renew-order-fresh", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"peer", 2)  # not stolen back
+    # Stale now: the next refresh verifies it and finds it lost.
+    assert await leases.refresh() == [("renew-order-fresh", fresh_id)]
+    [pending] = await client.xpending_range("renew-order-fresh", "g", min="-", max="+", count=10)
+    assert pending["consumer"] == b"peer"
+
+
+async def test_a_release_is_never_sent_after_verifying_another_stream_for_longer_than_its_lease(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """The release's variant of seed 793: the fresh streams are released before any stale one is
+    verified, each stale one straight after its own verification; a peer that claims a released
+    entry keeps it, with its count."""
+    client, leases, fresh_id, _ = await _fresh_and_stale(queue_backend_factory, "release-order")
+    claimed = _slow_verification(monkeypatch, client, leases, "release-order-fresh", fresh_id)
+    await leases.release()
+    assert claimed == [fresh_id]
+    [pending] = await client.xpending_range("release-order-fresh", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"peer", 1)  # released at 0, +1
+    [pending] = await client.xpending_range("release-order-stale", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 0)  # verified, released
+    assert pending["time_since_delivered"] >= 1000
+    assert len(leases) == 0
+
+
+async def test_a_slow_verification_counts_its_renewal_from_the_renewal_not_from_the_read(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: Any
+) -> None:
+    """Simulate seed 644: over a slow link a verification (XPENDING per entry, then the guarded
+    renewal) took longer than half the claim timeout; timed from its read, the stream was stale
+    again at once, so it was only ever verified, never renewed in one command, and a lease
+    lapsed under a handler: a peer claimed the entry and both handled it."""
+    from abe_redis._lease import LeaseTable
+
+    client, leases, _ = await _one_held_entry(queue_backend_factory, "verify-slow")
+    owners = LeaseTable._owners
+
+    async def slow_read(self: LeaseTable, stream: str, ids: list[str]) -> Any:
+        seen = await owners(self, stream, ids)
+        await asyncio.sleep(0.6)  # longer than half of claim_idle_ms=1000
+        return seen
+
+    monkeypatch.setattr(LeaseTable, "_owners", slow_read)
+    assert leases.stale("verify-slow")
+    assert await leases.verify("verify-slow") == []
+    assert not leases.stale("verify-slow")  # renewed just now: the next refresh renews it blind
+    [pending] = await client.xpending_range("verify-slow", "g", min="-", max="+", count=10)
+    assert (pending["consumer"], pending["times_delivered"]) == (b"mine", 1)
+    assert pending["time_since_delivered"] < 300
