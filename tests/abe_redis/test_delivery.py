@@ -553,3 +553,39 @@ async def test_acknowledgements_of_a_read_round_trip_that_failed_are_sent_again(
         assert all(m.acked for m in got[:11])
     finally:
         await stream.aclose()
+
+
+async def test_a_close_keeps_trying_to_give_back_its_counts_over_a_lossy_link(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulate seed 868: on a lossy link a close's release (a verification, then the release)
+    failed three times in 0.15 s and was abandoned, so entries never handed out kept the count of
+    their take; the peer that claimed one after claim_idle_ms counted again, and it was
+    dead-lettered at count 5 after three handler deliveries. The release is tried for half the
+    close's time."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from abe_redis._lease import LeaseTable
+
+    publisher = queue_backend_factory()
+    for n in range(3):
+        await publisher.publish("lossy-close", {"n": n})
+    consumer = queue_backend_factory(batch_size=3, claim_idle_ms=1000).consume(group="g")
+    await take(consumer, 1)  # the other two wait in the buffer, never handed out
+    release = LeaseTable.release
+    failed: list[str] = []
+
+    async def lossy(self: LeaseTable, entries: Any = None) -> None:
+        if len(failed) < 4:
+            failed.append("lost")
+            raise RedisConnectionError("simulated: reply lost")
+        await release(self, entries)
+
+    monkeypatch.setattr(LeaseTable, "release", lossy)
+    await consumer.aclose()
+    assert failed == ["lost"] * 4
+    client: Any = queue_backend_factory.client()
+    pending = await client.xpending_range("lossy-close", "g", min="-", max="+", count=10)
+    # Handed out once (the first), never (the two buffered ones): claimable at once, as counted.
+    assert sorted(p["times_delivered"] for p in pending) == [0, 0, 1]
+    assert all(p["time_since_delivered"] >= 1000 for p in pending)
