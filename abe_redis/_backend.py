@@ -165,6 +165,10 @@ class RedisStreamsBackend:
                 if added:
                     await self._published(stream)
                     return
+                # Gone: registered again below. Forgotten first, so that if that registration
+                # fails the next publish tries again, instead of finding the stream (recreated
+                # below) by the fast path and never registering it (simulate seed 710).
+                self._registered.pop(stream, None)
             await fatal_or_raise(self._xadd(stream, [fields], nomkstream=False), secrets=secrets)
         except ResponseError as exc:
             if is_wrong_type(exc):

@@ -193,3 +193,34 @@ async def test_a_backend_key_of_the_wrong_type_is_a_clear_error_not_a_retry_loop
             await asyncio.wait_for(anext(stream), 10)
     finally:
         await stream.aclose()
+
+
+async def test_a_registration_that_failed_after_a_stream_was_recreated_is_tried_again(
+    queue_backend_factory: RedisBackendFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Simulate seed 710: after a restart without persistence a publish found its stream gone
+    (XADD NOMKSTREAM), wrote it again, and lost the registration to a partition; the stream was
+    still remembered as registered, so every later publish took the one-command path, found
+    the stream, and registered nothing: no consumer ever read it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    publisher = queue_backend_factory()
+    client: Any = queue_backend_factory.client()
+    registry = publisher.registry
+    await publisher.publish("again", {"n": 0})
+    await client.flushall()  # a restart without persistence
+    register = registry.register
+    failed: list[str] = []
+
+    async def cut_off_once(stream: str) -> None:
+        if not failed:
+            failed.append(stream)
+            raise RedisConnectionError("simulated: partition")
+        await register(stream)
+
+    monkeypatch.setattr(registry, "register", cut_off_once)
+    await publisher.publish("again", {"n": 1})  # written; its registration fails (logged)
+    assert failed == ["again"]
+    assert not await client.sismember(publisher.config.registry_key, "again")
+    await publisher.publish("again", {"n": 2})
+    assert await client.sismember(publisher.config.registry_key, "again")

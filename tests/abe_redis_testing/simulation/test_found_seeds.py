@@ -61,6 +61,19 @@ FOUND_ON_MODEL: dict[tuple[int, tuple[str, ...]], str] = {
     "created its group with MKSTREAM after it: the stream came back empty and unregistered, the "
     "publisher's NOMKSTREAM path found it and registered nothing, and consumers started later never "
     "read it",
+    (843, FAULT_KINDS): "the same as 818, on both servers: a consumer killed right after recreating "
+    "two streams with MKSTREAM (131 lost)",
+    (793, FAULT_KINDS): "a refresh verified a stale stream over a lossy link for longer than the "
+    "other stream's lease; a peer claimed an entry of that one and handed it out at count 3, the "
+    "refresh then renewed it blind (min-idle 0), stealing it back, and released it with its count "
+    "set back to 1: handed out again at 2",
+    (868, FAULT_KINDS): "on a lossy link a close's release failed three times in 0.15 s and was "
+    "abandoned; an entry never handed out kept its take's count, the peer that claimed it counted "
+    "again, and it was dead-lettered at count 5 after three handler deliveries",
+    (710, FAULT_KINDS): "after a restart a publish found its stream gone (NOMKSTREAM), wrote it "
+    "again and lost the registration to a partition; the stream was still remembered as "
+    "registered, so later publishes took the one-command path and never registered it (126 lost; "
+    "found with a first version of the fix for 793, the bug was there before)",
 }
 
 
