@@ -552,19 +552,26 @@ class GroupReader:
         # Without MKSTREAM first. A listed stream that is gone was lost after the registry was
         # read (a restart without persistence, FLUSHALL): creating it here would let the
         # publisher's NOMKSTREAM fast path succeed on it, so nobody would register it again
-        # and consumers that start later would never read it (simulate seed 818). So it is
-        # created, and put back in the registry, in the same step.
+        # and consumers that start later would never read it (simulate seeds 818, 843). So it
+        # is created and put back in the registry in one write, which a kill cannot split.
         missing = await self._xgroup_create(streams, start_id, mkstream=False)
         if missing:
             await self._xgroup_create(missing, start_id, mkstream=True)
-            await self._registry.repair(missing)
 
     async def _xgroup_create(self, streams: list[str], start_id: str, *, mkstream: bool) -> list[str]:
-        """Create the group on ``streams``; returns those that do not exist (without MKSTREAM)."""
+        """Create the group on ``streams``; returns those that do not exist (without MKSTREAM).
+        With MKSTREAM, the streams are also put back in the registry in the same pipeline."""
         async with self._client.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xgroup_create(stream, self.group, id=start_id, mkstream=mkstream)
+            if mkstream:
+                self._registry.queue_repair(pipe, streams)
             replies = await pipe.execute(raise_on_error=False)
+        if mkstream:
+            for reply in replies[len(streams) :]:
+                if isinstance(reply, BaseException):
+                    raise reply
+            replies = replies[: len(streams)]
         missing = []
         for stream, reply in zip(streams, replies, strict=True):
             if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):

@@ -115,9 +115,14 @@ class StreamRegistry:
         names = list(streams)
         if names:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._keys.registry, *names)
-                _bump(pipe, self._keys.registry_version)
+                self.queue_repair(pipe, names)
                 await pipe.execute()
+
+    def queue_repair(self, pipe: Any, names: list[str]) -> None:
+        """:meth:`repair`'s two commands, queued on a caller's pipeline (2 replies): so that
+        they go out in the same write as what made them necessary."""
+        pipe.sadd(self._keys.registry, *names)
+        _bump(pipe, self._keys.registry_version)
 
     async def version(self) -> bytes | None:
         value = await self._client.get(self._keys.registry_version)
