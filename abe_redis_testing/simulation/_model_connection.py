@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from ._model import Blocked, ClientState, ModelServer
-from ._network import SimNetwork, _Command, _command_name, _encode_command
+from ._network import SimNetwork, _Command, before_send, pack_command, pack_commands
 
 __all__ = ["ModelConnection"]
 
@@ -190,27 +190,13 @@ class ModelConnection(redis_async.Connection):
         super()._close()  # type: ignore[no-untyped-call]
 
     def pack_command(self, *args: Any) -> list[Any]:
-        return [_encode_command(self.encoder.encode, args)]
+        return pack_command(self.encoder.encode, args)
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[Any]:
-        encode = self.encoder.encode
-        return [_encode_command(encode, tuple(command)) for command in commands]
+        return pack_commands(self.encoder.encode, commands)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        network = self.network
-        self.last_command = name = _command_name(command)
-        network.commands[name] = network.commands.get(name, 0) + 1
-        if self.latency or network.faults.jitter_ms:
-            try:
-                await asyncio.sleep(network.delay(self.latency))
-            except BaseException:
-                # Cancelled before the command left: a caller may still read this connection
-                # for the replies of commands it sent earlier (a pipeline), so drop it.
-                await self.disconnect(nowait=True)
-                raise
-        if self.is_connected and network.drop_before_send(self, name):
-            await self.disconnect()
-            raise RedisConnectionError(f"simulated: connection reset before {name} was sent")
+        await before_send(self, command)
         if not self.is_connected:
             await self.connect_check_health(check_health=False)
         if isinstance(command, str | bytes):

@@ -250,6 +250,35 @@ def _command_name(command: Any) -> str:
     return parts[2].decode("ascii", "replace").upper() if len(parts) > 2 else "?"
 
 
+def pack_command(encode: Callable[[Any], Any], args: tuple[Any, ...]) -> list[Any]:
+    """A simulated connection's ``pack_command``: the encoded arguments, not RESP."""
+    return [_encode_command(encode, args)]
+
+
+def pack_commands(encode: Callable[[Any], Any], commands: Iterable[Iterable[Any]]) -> list[Any]:
+    return [_encode_command(encode, tuple(command)) for command in commands]
+
+
+async def before_send(connection: Any, command: Any) -> str:
+    """What the simulated link does to a command before it leaves ``connection`` (either
+    server's connection class): count it, delay it, or reset the connection. Returns its name."""
+    network = connection.network
+    connection.last_command = name = _command_name(command)
+    network.commands[name] = network.commands.get(name, 0) + 1
+    if connection.latency or network.faults.jitter_ms:
+        try:
+            await asyncio.sleep(network.delay(connection.latency))
+        except BaseException:
+            # Cancelled before the command left: a caller may still read this connection
+            # for the replies of commands it sent earlier (a pipeline), so drop it.
+            await connection.disconnect(nowait=True)
+            raise
+    if connection.is_connected and network.drop_before_send(connection, name):
+        await connection.disconnect()
+        raise RedisConnectionError(f"simulated: connection reset before {name} was sent")
+    return name
+
+
 class SimConnection(FakeAsyncRedisConnection):
     """A fakeredis connection that passes every command and reply through a :class:`SimNetwork`."""
 
@@ -277,27 +306,13 @@ class SimConnection(FakeAsyncRedisConnection):
         self.generation = network.generation
 
     def pack_command(self, *args: Any) -> list[Any]:
-        return [_encode_command(self.encoder.encode, args)]
+        return pack_command(self.encoder.encode, args)
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[Any]:
-        encode = self.encoder.encode
-        return [_encode_command(encode, tuple(command)) for command in commands]
+        return pack_commands(self.encoder.encode, commands)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        network = self.network
-        self.last_command = name = _command_name(command)
-        network.commands[name] = network.commands.get(name, 0) + 1
-        if self.latency or network.faults.jitter_ms:
-            try:
-                await asyncio.sleep(network.delay(self.latency))
-            except BaseException:
-                # Cancelled before the command left: a caller may still read this connection
-                # for the replies of commands it sent earlier (a pipeline), so drop it.
-                await self.disconnect(nowait=True)
-                raise
-        if self.is_connected and network.drop_before_send(self, name):
-            await self.disconnect()
-            raise RedisConnectionError(f"simulated: connection reset before {name} was sent")
+        await before_send(self, command)
         await super().send_packed_command(command, check_health)
 
     async def read_response(self, **kwargs: Any) -> Any:  # type: ignore[override]
