@@ -14,26 +14,12 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
-
-from abe_redis_testing import RedisEndpoint
 
 from .streams_differential import StreamsDifferential, raw, run
 
 EXAMPLES = int(os.environ.get("ABE_REDIS_DIFFERENTIAL_EXAMPLES", "25"))
-
-
-@pytest.fixture
-def real(redis_server: RedisEndpoint) -> Iterator[Any]:
-    if redis_server.kind != "redis-server":
-        pytest.skip(f"compares with redis-server, got {redis_server.kind}")
-    client = raw(redis.Redis.from_url(redis_server.url, protocol=2))
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -67,17 +67,6 @@ def _version(real: Any) -> tuple[int, ...]:
 
 
 @pytest.fixture
-def real(redis_server: RedisEndpoint) -> Iterator[Any]:
-    if redis_server.kind != "redis-server":
-        pytest.skip(f"compares with redis-server, got {redis_server.kind}")
-    client = raw(redis.Redis.from_url(redis_server.url, protocol=2))
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-@pytest.fixture
 def model(real: Any) -> ModelClient:
     # The model follows the version it is told: the real server's (7.0 and 7.2+ differ in when
     # a consumer is created and in XINFO CONSUMERS' fields).
