@@ -380,10 +380,21 @@ class RedisClusterHandle:
         return new
 
     def restart(self, node: RedisServer) -> RedisServer:
-        """Start ``node`` again (same port and data dir) and wait until the cluster is ready."""
+        """Start ``node`` again (same port and data dir) and wait until the cluster is ready
+        and, if it was a master whose slots a replica took over, until it rejoined as a replica."""
         node.start()
         self.wait_ready()
+        # A demoted master comes back as a master without slots and is told to follow its
+        # successor only by gossip, moments later; the cluster is "ready" meanwhile.
+        _wait(f"{node.port} rejoining", lambda: self._slotless_master_problem(node), self.ready_timeout)
         return node
+
+    def _slotless_master_problem(self, node: RedisServer) -> str | None:
+        views = parse_cluster_nodes(_command(node, "CLUSTER", "NODES"))
+        me = next(v for v in views if "myself" in v.flags)
+        if me.is_master and not me.slots:
+            return f"{node.port} is still a master without slots"
+        return None
 
     def heal(self) -> None:
         """Start every stopped node and wait until the cluster is ready."""
