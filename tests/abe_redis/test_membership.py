@@ -162,10 +162,20 @@ async def test_a_consumer_cut_off_past_its_names_ttl_hands_out_nothing_until_a_h
         async def cut_off(self: Membership) -> bool:
             raise RedisConnectionError("simulated: cut off")
 
+        beat = Membership.heartbeat
         monkeypatch.setattr(Membership, "heartbeat", cut_off)
         await asyncio.sleep(1.2)  # past the name lock's TTL (1 s): it lapses on the server
         other = Membership(client, config, group="g")
         assert await other.join() == "w"  # a consumer started meanwhile, resuming w's entries
+
+        async def alive() -> None:
+            # The other keeps its name, as a live consumer does: were its lock to lapse too, the
+            # reader could rightly take "w" back, and the test would race the lock's TTL.
+            while True:
+                await beat(other)
+                await asyncio.sleep(0.2)
+
+        keeping = asyncio.create_task(alive())
         handing = asyncio.create_task(reader.receive())
         await asyncio.sleep(0.5)
         assert not handing.done()  # n=1 and n=2 are the other's now
@@ -181,5 +191,7 @@ async def test_a_consumer_cut_off_past_its_names_ttl_hands_out_nothing_until_a_h
         )
         assert mine["consumer"] == b"w-2"
     finally:
+        if "keeping" in locals():
+            keeping.cancel()
         await reader.aclose()
         await backend.aclose()
