@@ -9,12 +9,16 @@ fakeredis behaviour, which starts failing (XPASS) the day fakeredis is fixed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 STREAMS = ("s1", "s2")
 GROUPS = ("g1", "g2")
@@ -376,3 +380,36 @@ class StreamsDifferential(RuleBasedStateMachine):
     def xrange(self, stream: str) -> None:
         self.same("XRANGE", self.key(stream), "-", "+")
         self.same("XLEN", self.key(stream))
+
+
+EXAMPLES = int(os.environ.get("ABE_REDIS_DIFFERENTIAL_EXAMPLES", "25"))
+"""Examples per differential run; the nightly job raises it."""
+
+
+def run_differential(name: str, real: Any, tested: Any, **attrs: Any) -> None:
+    """Run :class:`StreamsDifferential` with ``tested`` (fakeredis or the model) as its fake."""
+    machine = type(
+        name,
+        (StreamsDifferential,),
+        {"real": real, "fake": tested, "prefix": f"abe-diff.{uuid.uuid4().hex[:8]}.", **attrs},
+    )
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+@contextlib.contextmanager
+def fresh_key(real: Any) -> Iterator[str]:
+    """A key no other test uses (and its ``.z``/``.set``/``.str`` siblings), deleted from the
+    real server afterwards."""
+    key = f"abe-diff.{uuid.uuid4().hex[:8]}.s"
+    try:
+        yield key
+    finally:
+        real.delete(key, f"{key}.z", f"{key}.set", f"{key}.str")

@@ -6,20 +6,12 @@ The default run is short; ``ABE_REDIS_DIFFERENTIAL_EXAMPLES`` raises it (the nig
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import fakeredis
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
 
-from .streams_differential import StreamsDifferential, raw, run
-
-EXAMPLES = int(os.environ.get("ABE_REDIS_DIFFERENTIAL_EXAMPLES", "25"))
+from .streams_differential import fresh_key, raw, run, run_differential
 
 
 @pytest.fixture
@@ -28,20 +20,7 @@ def fake() -> Any:
 
 
 def test_fakeredis_answers_streams_commands_as_redis_does(real: Any, fake: Any) -> None:
-    machine = type(
-        "BoundStreamsDifferential",
-        (StreamsDifferential,),
-        {"real": real, "fake": fake, "prefix": f"abe-diff.{uuid.uuid4().hex[:8]}."},
-    )
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
-    )
+    run_differential("BoundStreamsDifferential", real, fake)
 
 
 def _both(real: Any, fake: Any, *commands: tuple[Any, ...]) -> tuple[Any, Any]:
@@ -49,16 +28,6 @@ def _both(real: Any, fake: Any, *commands: tuple[Any, ...]) -> tuple[Any, Any]:
         run(real, command)
         run(fake, command)
     return run(real, commands[-1]), run(fake, commands[-1])
-
-
-@contextlib.contextmanager
-def _fresh_key(real: Any) -> Iterator[str]:
-    """A stream key no other test uses, deleted from the real server afterwards."""
-    key = f"abe-diff.{uuid.uuid4().hex[:8]}.s"
-    try:
-        yield key
-    finally:
-        real.delete(key)
 
 
 # One strict xfail per divergence the fuzzer found (KNOWN_DIVERGENCES); each asserts Redis's
@@ -71,7 +40,7 @@ def _fresh_key(real: Any) -> Iterator[str]:
     "error instead of NOGROUP (the simulation's connection translates it)",
 )
 def test_xreadgroup_on_a_missing_stream_answers_nogroup(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(real, fake, ("XREADGROUP", "GROUP", "g", "c", "STREAMS", key, ">"))
     assert redis_reply[0] == "error" and redis_reply[1].startswith("NOGROUP")
     assert fake_reply == redis_reply
@@ -83,7 +52,7 @@ def test_xreadgroup_on_a_missing_stream_answers_nogroup(real: Any, fake: Any) ->
     "where Redis answers nil",
 )
 def test_xpending_summary_of_an_empty_group(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real, fake, ("XGROUP", "CREATE", key, "g", "0", "MKSTREAM"), ("XPENDING", key, "g")
         )
@@ -96,7 +65,7 @@ def test_xpending_summary_of_an_empty_group(real: Any, fake: Any) -> None:
     reason="fakeredis: XINFO GROUPS (and CONSUMERS) list in creation order; Redis sorts by name",
 )
 def test_xinfo_groups_are_sorted_by_name(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -116,7 +85,7 @@ def test_xinfo_groups_are_sorted_by_name(real: Any, fake: Any) -> None:
 def test_a_read_of_nothing_creates_no_consumer_on_redis_7_0(real: Any, fake: Any) -> None:
     if b"redis_version:7.0." not in run(real, ("INFO", "server"))[1]:
         pytest.skip("Redis 7.0 behaviour")
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -134,7 +103,7 @@ def test_a_read_of_nothing_creates_no_consumer_on_redis_7_0(real: Any, fake: Any
     "idmp-maxsize, pids-tracked, iids-*) whatever version it emulates",
 )
 def test_xinfo_stream_has_the_fields_of_the_emulated_version(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(real, fake, ("XADD", key, "1-0", "f", "v"), ("XINFO", "STREAM", key))
     assert b"idmp-duration" not in redis_reply[1]
     assert set(fake_reply[1]) == set(redis_reply[1])
@@ -146,7 +115,7 @@ def test_xinfo_stream_has_the_fields_of_the_emulated_version(real: Any, fake: An
     "bulk string (redis-py's parser hides it)",
 )
 def test_xpending_summary_counts_are_bulk_strings(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -164,7 +133,7 @@ def test_xpending_summary_counts_are_bulk_strings(real: Any, fake: Any) -> None:
     reason="fakeredis (version 7.0): XINFO CONSUMERS reports Redis 7.2's 'inactive' field",
 )
 def test_xinfo_consumers_has_the_fields_of_the_emulated_version(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,
@@ -185,7 +154,7 @@ def test_xinfo_consumers_has_the_fields_of_the_emulated_version(real: Any, fake:
     "not yet reproduced in isolation, hence not strict",
 )
 def test_lag_after_a_delete(real: Any, fake: Any) -> None:
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         redis_reply, fake_reply = _both(
             real,
             fake,

@@ -10,26 +10,19 @@ raises it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as redis_async
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import run_state_machine_as_test
 from redis.exceptions import ResponseError
 
 from abe_redis_testing import RedisEndpoint
 from abe_redis_testing.simulation._model import ClientState, ModelServer
 
-from .streams_differential import StreamsDifferential, raw, run
-
-EXAMPLES = int(os.environ.get("ABE_REDIS_DIFFERENTIAL_EXAMPLES", "25"))
+from .streams_differential import fresh_key, raw, run, run_differential
 
 
 def _encode(arg: Any) -> bytes:
@@ -74,40 +67,18 @@ def model(real: Any) -> ModelClient:
 
 
 def test_the_model_answers_streams_commands_as_redis_does(real: Any, model: ModelClient) -> None:
-    machine = type(
+    run_differential(
         "ModelStreamsDifferential",
-        (StreamsDifferential,),
-        {
-            "real": real,
-            "fake": model,
-            "prefix": f"abe-diff.{uuid.uuid4().hex[:8]}.",
-            "known": MODEL_DIVERGENCES,
-            "reply_only": MODEL_REPLY_ONLY,
-            "subject": "the model",
-        },
-    )
-    run_state_machine_as_test(
-        machine,
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=30,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        ),
+        real,
+        model,
+        known=MODEL_DIVERGENCES,
+        reply_only=MODEL_REPLY_ONLY,
+        subject="the model",
     )
 
 
 MODEL_DIVERGENCES: dict[str, Any] = {}
 MODEL_REPLY_ONLY: set[str] = set()
-
-
-@contextlib.contextmanager
-def _fresh_key(real: Any) -> Iterator[str]:
-    key = f"abe-diff.{uuid.uuid4().hex[:8]}.s"
-    try:
-        yield key
-    finally:
-        real.delete(key, f"{key}.z", f"{key}.set", f"{key}.str")
 
 
 _SCENARIO: tuple[tuple[Any, ...], ...] = (
@@ -205,7 +176,7 @@ def test_replies_the_backend_reads_are_what_redis_py_parses_from_redis(redis_ser
 
     sync_real = raw(redis.Redis.from_url(redis_server.url, protocol=2))
     try:
-        with _fresh_key(sync_real) as key:
+        with fresh_key(sync_real) as key:
             expected = asyncio.run(from_redis(key))
             model = ModelServer(version=_version(sync_real))
             client = model.new_client()
@@ -318,7 +289,7 @@ def test_claim_options_set_counts_and_idle_times_as_on_redis(real: Any, model: M
             return [[e[0], e[1], e[2] >= 4000, e[3]] for e in answer]
         return answer
 
-    with _fresh_key(real) as key:
+    with fresh_key(real) as key:
         commands = [tuple(a.format(k=key) if isinstance(a, str) else a for a in c) for c in _CLAIMS]
         pairs = [(c, reply(real, c), reply(model, c)) for c in commands]
     mismatches = [f"{' '.join(map(str, c))}:\n  redis: {r!r}\n  model: {m!r}" for c, r, m in pairs if r != m]
